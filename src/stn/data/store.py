@@ -1,0 +1,80 @@
+"""HDF5 storage of generated datasets: written atomically, with a sha256 over every dataset checked on load.
+
+A file only ever appears under its final name complete (written to a temporary name in the same folder, synced,
+then renamed), and its `sha256` attribute is written last, so an interrupted write never leaves a file that
+loads. A file whose content no longer matches its checksum raises CorruptDatasetError: it is never silently
+regenerated (something damaged it, and a person should know), and the message says how to regenerate it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from stn.atomic import atomic_path
+
+Arrays = dict[str, np.ndarray]  # "split/name" -> array
+
+
+class CorruptDatasetError(RuntimeError):
+    """A stored dataset cannot be read or does not match its checksum."""
+
+
+def checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}\n".encode())
+        digest.update(array.view(np.uint8).reshape(-1).data)
+    return digest.hexdigest()
+
+
+def write_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, object]) -> str:
+    """Write arrays (as datasets) and JSON-able attrs to `path` atomically; return the stored checksum."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = checksum(arrays)
+    with atomic_path(path) as partial, h5py.File(partial, "w") as file:
+        for name, array in arrays.items():
+            file.create_dataset(name, data=array)
+        for key, value in attrs.items():
+            file.attrs[key] = json.dumps(value)
+        file.attrs["sha256"] = json.dumps(digest)  # last: a file without it is incomplete
+    return digest
+
+
+def read_verified(path: str | os.PathLike) -> tuple[Arrays, dict]:
+    """Read every dataset and attribute of `path`; raise CorruptDatasetError unless the checksum matches."""
+    path = Path(path)
+    arrays: Arrays = {}
+
+    def collect(name: str, item: object) -> None:
+        if isinstance(item, h5py.Dataset):
+            arrays[name] = item[()]
+
+    try:
+        with h5py.File(path, "r") as file:
+            file.visititems(collect)
+            attrs = {key: json.loads(value) for key, value in file.attrs.items()}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _corrupt(path, f"unreadable: {error}") from error
+    stored = attrs.get("sha256")
+    if stored is None:
+        raise _corrupt(path, "no sha256 attribute (an incomplete write)")
+    if checksum(arrays) != stored:
+        raise _corrupt(path, "its content does not match its sha256 attribute")
+    return arrays, attrs
+
+
+def _corrupt(path: Path, why: str) -> CorruptDatasetError:
+    return CorruptDatasetError(
+        f"{path} is corrupted ({why}). Delete it and run again: it is regenerated from MNIST on the next "
+        f"load (or with `python -m stn.data.make`)."
+    )

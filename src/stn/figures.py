@@ -1,0 +1,225 @@
+"""Pictures of what a spatial transformer does, as in the right of the paper's Table 1: the input, the predicted
+sampling grid drawn on the input, the transformer's output and the predicted class.
+
+One drawing serves both the W&B image panels logged during training and the paper-style figure built from
+trained runs (`python -m stn.figures table1 --runs runs/table1 --out results/figures/table1_transformations.png`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from stn.atomic import write_atomic
+from stn.checkpoint import load_model
+from stn.data import load_splits
+from stn.results import display_name, load_local_results
+from stn.runtime import ALIGN_CORNERS
+
+GRID_LINES = 5  # grid lines drawn per direction, border included (the paper draws a coarse grid)
+GRID_POINTS = 33  # points along each line, so bent (projective, TPS) grids are drawn smooth
+CELL_INCHES = 1.0
+# [open] The model drawn per Table 1 column (override with --model COLUMN=MODEL): as we read the paper's Table 1
+# caption, its figure shows ST-CNN Aff on R and ST-CNN TPS on RTS and E; for P we take the projective family.
+# Another finished ST run of the column stands in when that model was not run.
+TABLE1_FIGURE_MODELS = {"R": "st_cnn_aff", "RTS": "st_cnn_tps", "P": "st_cnn_proj", "E": "st_cnn_tps"}
+
+
+@dataclass(frozen=True)
+class TransformationSamples:
+    """A few images pushed through a model; grids/outputs are None for a model without a transformer."""
+
+    inputs: np.ndarray  # [K, H, W] in [0, 1]
+    labels: np.ndarray  # [K]
+    predictions: np.ndarray  # [K]
+    grids: np.ndarray | None  # [K, GRID_POINTS, GRID_POINTS, 2]: source (x, y) in input pixels
+    outputs: np.ndarray | None  # [K, H', W'] in [0, 1]
+
+
+def to_pixels(coords: Tensor, size: int) -> Tensor:
+    """Normalised [-1, 1] coordinates along an axis of `size` pixels -> pixel coordinates (0 = first centre)."""
+    if ALIGN_CORNERS:
+        return (coords + 1) * (size - 1) / 2
+    return ((coords + 1) * size - 1) / 2
+
+
+def images_to_inputs(images: Tensor) -> Tensor:
+    """uint8 images [K, 1, S, S] -> the float model input in [0, 1] the trainer feeds."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 1:
+        raise ValueError(f"expected uint8 images [K, 1, S, S], got {images.dtype} {tuple(images.shape)}")
+    return images.float() / 255
+
+
+@torch.no_grad()
+def transformation_samples(model: nn.Module, images: Tensor, labels: Tensor) -> TransformationSamples:
+    """Run `model` (and its `.transformer`, if any) on uint8 `images` in eval mode, keeping what to draw."""
+    inputs = images_to_inputs(images).to(next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        predictions = model(inputs).argmax(1)
+        transformer = getattr(model, "transformer", None)
+        grids = outputs = None
+        if transformer is not None:
+            output, theta = transformer(inputs, return_theta=True)
+            grid = transformer.transform.grid(theta, (GRID_POINTS, GRID_POINTS))
+            height, width = inputs.shape[-2:]
+            grids = torch.stack([to_pixels(grid[..., 0], width), to_pixels(grid[..., 1], height)], -1).cpu().numpy()
+            outputs = output[:, 0].float().clamp(0, 1).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return TransformationSamples(
+        inputs=inputs[:, 0].cpu().numpy(),
+        labels=labels.cpu().numpy(),
+        predictions=predictions.cpu().numpy(),
+        grids=grids,
+        outputs=outputs,
+    )
+
+
+def _show(axis, image: np.ndarray) -> None:
+    axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _draw_grid(axis, grid: np.ndarray, image_shape: tuple[int, int]) -> None:
+    """Every (GRID_POINTS-1)/(GRID_LINES-1)-th row and column of the sampling grid, clipped to the image."""
+    for index in np.linspace(0, GRID_POINTS - 1, GRID_LINES).round().astype(int):
+        for line in (grid[index], grid[:, index]):
+            axis.plot(line[:, 0], line[:, 1], color="tab:orange", linewidth=1.0)
+    height, width = image_shape
+    axis.set_xlim(-0.5, width - 0.5)
+    axis.set_ylim(height - 0.5, -0.5)
+
+
+def _prediction_title(axis, prediction: int, label: int) -> None:
+    correct = prediction == label
+    text = f"pred {prediction}" if correct else f"pred {prediction} (true {label})"
+    axis.set_title(text, fontsize=8, color="tab:green" if correct else "tab:red")
+
+
+def _wrap(groups: Sequence[tuple[str, TransformationSamples]], max_rows: int):
+    """Split groups longer than max_rows into side-by-side blocks (the first keeps the title)."""
+    for title, samples in groups:
+        for start in range(0, len(samples.inputs), max_rows):
+            part = slice(start, start + max_rows)
+            yield (
+                ("" if start else title),
+                TransformationSamples(*(None if values is None else values[part] for values in astuple(samples))),
+            )
+
+
+def draw_transformations(groups: Sequence[tuple[str, TransformationSamples]], max_rows: int | None = None) -> Figure:
+    """One block of columns per group ((a) input, (b) grid on input, (c) output + predicted class), a row per image;
+    a group longer than `max_rows` continues in the next block to its right."""
+    if not groups:
+        raise ValueError("draw_transformations needs at least one (title, samples) group")
+    if max_rows is not None:
+        groups = list(_wrap(groups, max_rows))
+    rows = max(len(samples.inputs) for _, samples in groups)
+    widths = [3 if samples.grids is not None else 1 for _, samples in groups]
+    figure = Figure(figsize=(CELL_INCHES * sum(widths), CELL_INCHES * (rows + 0.6)), layout="constrained")
+    FigureCanvasAgg(figure)
+    subfigures = figure.subfigures(1, len(groups), width_ratios=widths, squeeze=False)[0]
+    for subfigure, (title, samples), width in zip(subfigures, groups, widths, strict=True):
+        if title:
+            subfigure.suptitle(title, fontsize=10)
+        axes = subfigure.subplots(rows, width, squeeze=False)
+        for row, axes_row in enumerate(axes):
+            if row >= len(samples.inputs):
+                for axis in axes_row:
+                    axis.set_axis_off()
+                continue
+            image = samples.inputs[row]
+            _show(axes_row[0], image)
+            if samples.grids is not None:
+                _show(axes_row[1], image)
+                _draw_grid(axes_row[1], samples.grids[row], image.shape)
+                _show(axes_row[2], samples.outputs[row])
+            _prediction_title(axes_row[-1], int(samples.predictions[row]), int(samples.labels[row]))
+        if samples.grids is not None:
+            for axis, name in zip(axes[-1], ("(a) input", "(b) grid", "(c) output"), strict=True):
+                axis.set_xlabel(name, fontsize=8)
+    return figure
+
+
+def figure_to_array(figure: Figure) -> np.ndarray:
+    """The rendered figure as an RGB uint8 array [H, W, 3] (what W&B image panels take)."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def figure_png(figure: Figure, dpi: int = 150) -> bytes:
+    """The figure encoded as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _has_transformer(result: Mapping[str, Any]) -> bool:
+    return (result.get("config") or {}).get("model", {}).get("net", {}).get("transform") is not None
+
+
+def pick_figure_run(results: Sequence[Mapping[str, Any]], column: str, model: str) -> Mapping[str, Any] | None:
+    """The finished run of `column` to draw: `model` if it was run, else another ST model; the lowest seed."""
+    candidates = [r for r in results if r.get("column") == column and r.get("status") == "finished"]
+    candidates = [r for r in candidates if _has_transformer(r)]
+    return min(candidates, key=lambda r: (r["model"] != model, r["model"], r["seed"]), default=None)
+
+
+def table1_figure(runs_dir: Path, columns: Sequence[str], digits: int, models: Mapping[str, str]) -> Figure:
+    """The first `digits` test digits of each column, through the trained transformer of a run of that column."""
+    results = load_local_results(runs_dir)
+    groups = []
+    for column in columns:
+        result = pick_figure_run(results, column, models.get(column, ""))
+        if result is None:
+            print(f"no finished spatial-transformer run of column {column} under {runs_dir}: column left out")
+            continue
+        model = load_model(Path(result["path"]).parent)
+        splits = load_splits(result["config"]["data"])
+        samples = transformation_samples(model, splits.test_x[:digits], splits.test_y[:digits])
+        groups.append((f"{column}: {display_name(result['model'])} (seed {result['seed']})", samples))
+    if not groups:
+        raise FileNotFoundError(f"no finished spatial-transformer runs of {list(columns)} under {runs_dir}")
+    return draw_transformations(groups)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stn.figures", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    table1 = commands.add_parser("table1", help="input / grid / output / class of trained Table 1 transformers")
+    table1.add_argument("--runs", type=Path, default=Path("runs/table1"), help="the Table 1 sweep's runs folder")
+    table1.add_argument("--out", type=Path, default=Path("results/figures/table1_transformations.png"))
+    table1.add_argument("--columns", nargs="+", default=list(TABLE1_FIGURE_MODELS), help="Table 1 columns to show")
+    table1.add_argument("--digits", type=int, default=4, help="test digits per column")
+    table1.add_argument(
+        "--model", action="append", default=[], metavar="COLUMN=MODEL", help="override a column's model"
+    )
+    args = parser.parse_args(argv)
+    models = dict(TABLE1_FIGURE_MODELS)
+    for choice in args.model:
+        column, sep, model = choice.partition("=")
+        if not sep:
+            parser.error(f"--model takes COLUMN=MODEL, e.g. R=st_fcn_aff; got {choice!r}")
+        models[column] = model
+    if args.digits < 1:
+        parser.error(f"--digits must be at least 1, got {args.digits}")
+    write_atomic(args.out, figure_png(table1_figure(args.runs, args.columns, args.digits, models)))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""The training loop: one function for every experiment (a data config + a model config + optim/budget configs).
+
+    python -m stn.train data=mnist_rts model=st_cnn_aff budget=quick seed=1
+
+A run lives in `run_dir` (checkpoint.pt, result.json, Hydra's config and log). Rerunning the same command resumes
+from the checkpoint (bit-identical to an uninterrupted run on the CPU) or, once finished, just reports the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from stn.checkpoint import load_checkpoint, read_result, save_checkpoint, write_result
+from stn.data import load_splits
+from stn.loggers import build_logger, localisation_stats
+from stn.models import count_parameters
+from stn.results import run_sweep_job
+from stn.runinfo import environment, git_state
+from stn.runtime import pick_device, seed_everything
+from stn.transformers import SpatialTransformer
+
+log = logging.getLogger(__name__)
+
+# The config sections that make two runs the same run; compared unresolved, so moving the data or runs folder
+# (paths.*) does not matter, while any change of data, model, optimiser, budget or seed does.
+IDENTITY_KEYS = ("seed", "data", "model", "optim", "budget")
+BUDGET_COUNTS = ("iterations", "batch_size", "eval_every", "checkpoint_every", "log_every", "eval_batch_size")
+BUDGET_SUBSETS = ("train_subset", "val_subset", "test_subset")
+PANEL_IMAGES = 16  # validation images whose transformations the logger draws at each evaluation
+BATCH_ORDER, REDRAW = 0, 1  # the two random streams derived from (seed, epoch)
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    config = OmegaConf.to_container(cfg, resolve=False)
+    return {key: config[key] for key in IDENTITY_KEYS}
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A well-mixed 32-bit seed for one epoch of one random stream: resuming needs no generator state."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+def check_budget(budget: DictConfig, seed: int) -> None:
+    """Clear errors for budgets that cannot run."""
+    for key in BUDGET_COUNTS:
+        value = budget.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"budget.{key} must be a positive integer, got {value!r}")
+    for key in BUDGET_SUBSETS:
+        value = budget.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"budget.{key} must be null (all examples) or a positive integer, got {value!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def to_input(images: Tensor) -> Tensor:
+    """uint8 [N, C, H, W] (on the device) -> float in [0, 1], channels_last on CUDA."""
+    x = images.float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA (the spatial transformer keeps theta and grids in float32); off on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def error_percent(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> float:
+    """Classification error (%) of `model` on uint8 images already on the model's device."""
+    was_training = model.training
+    model.eval()
+    wrong = torch.zeros((), dtype=torch.int64, device=images.device)
+    for start in range(0, len(images), batch_size):
+        with autocast(images.device):
+            logits = model(to_input(images[start : start + batch_size]))
+        wrong += (logits.argmax(1) != labels[start : start + batch_size]).sum()
+    model.train(was_training)
+    return 100.0 * wrong.item() / len(images)
+
+
+def epoch_batches(
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    seed: int,
+    start: int,
+    redraw: Callable[[int, torch.device], Tensor] | None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Training batches from iteration `start` on, forever: epoch e is a device-side permutation seeded by
+    (seed, e), so a resumed run draws exactly the batches an uninterrupted one would. With `redraw`, every epoch
+    after the first trains on a fresh draw of the distortions (the first uses the stored set). The last partial
+    batch of an epoch is dropped."""
+    steps_per_epoch = len(images) // batch_size
+    epoch, first = divmod(start, steps_per_epoch)
+    while True:
+        if redraw is None or epoch == 0:
+            epoch_images = images
+        else:  # the same digits, freshly distorted (a training subset keeps its first N)
+            epoch_images = redraw(epoch_seed(seed, epoch, REDRAW), images.device)[: len(images)]
+        generator = torch.Generator(images.device).manual_seed(epoch_seed(seed, epoch, BATCH_ORDER))
+        order = torch.randperm(len(images), generator=generator, device=images.device)
+        for position in range(first, steps_per_epoch):
+            index = order[position * batch_size : (position + 1) * batch_size]
+            yield to_input(epoch_images[index]), labels[index]
+        epoch, first = epoch + 1, 0
+
+
+def build_optimizer(
+    model: nn.Module, optim: DictConfig, iterations: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+    """The optimiser (loc nets at loc_lr_mult x the base lr) and its step schedule (milestones: budget fractions)."""
+    loc_params = [p for m in model.modules() if isinstance(m, SpatialTransformer) for p in m.localisation_parameters()]
+    loc_ids = {id(p) for p in loc_params}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in loc_ids], "lr_mult": 1.0}]
+    if loc_params:
+        groups.append({"params": loc_params, "lr_mult": float(optim.loc_lr_mult)})
+    optimizer = instantiate(optim.optimizer)(groups)
+    for group in optimizer.param_groups:
+        group["lr"] *= group["lr_mult"]
+    fractions = list(optim.lr_milestones)
+    if any(not 0 < f <= 1 for f in fractions) or fractions != sorted(fractions):
+        raise ValueError(f"optim.lr_milestones must be increasing fractions of the budget in (0, 1], got {fractions}")
+    milestones = [round(f * iterations) for f in fractions]
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=optim.lr_gamma)
+
+
+def parameters_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _device_name(device: torch.device) -> str:
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train cfg.model on cfg.data under cfg.optim / cfg.budget; return (and write) the run's result record."""
+    started = time.perf_counter()
+    budget, seed = cfg.budget, cfg.seed
+    check_budget(budget, seed)
+    run_dir = Path(to_absolute_path(cfg.run_dir))
+    identity = run_identity(cfg)
+    previous = read_result(run_dir)
+    if previous is not None and previous["status"] == "finished":  # a failed record is simply retried
+        if previous.get("run_identity") != identity:
+            raise ValueError(
+                f"{run_dir} holds a finished run of a different configuration (data/model/optim/budget/seed); "
+                f"set another experiment_name (or seed), or delete that folder to start over"
+            )
+        log.info("%s already finished: test error %.2f%%; nothing to do", run_dir, previous["test_error"])
+        return previous
+
+    device = pick_device(cfg.device)
+    splits = load_splits(cfg.data)
+
+    def subset(images: Tensor, labels: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
+        return images[:limit].to(device), labels[:limit].to(device)
+
+    train_x, train_y = subset(splits.train_x, splits.train_y, budget.train_subset)
+    val_x, val_y = subset(splits.val_x, splits.val_y, budget.val_subset)
+    test_x, test_y = subset(splits.test_x, splits.test_y, budget.test_subset)
+    if budget.batch_size > len(train_x):
+        raise ValueError(f"budget.batch_size={budget.batch_size} exceeds the {len(train_x)} training images")
+
+    seed_everything(seed)  # the model's initialisation depends on the seed only, not on how the data was loaded
+    model: nn.Module = instantiate(cfg.model.net)
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(expected) != tuple(train_x.shape[1:]):
+        raise ValueError(
+            f"model {cfg.model.name} was built for inputs {list(expected)} but data {cfg.data.name} holds "
+            f"{list(train_x.shape[1:])}: fix data.input_shape or pick a model/data pair that fit"
+        )
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.compile else model
+    optimizer, scheduler = build_optimizer(model, cfg.optim, budget.iterations)
+
+    state = load_checkpoint(run_dir)
+    if state is not None:
+        if state["run_identity"] != identity:
+            raise ValueError(
+                f"{run_dir}/checkpoint.pt belongs to a different configuration (data/model/optim/budget/seed); "
+                f"set another experiment_name (or seed), or delete that folder to start over"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        log.info("resuming %s from iteration %d", run_dir, state["iteration"])
+    else:
+        state = {"iteration": 0, "val_history": [], "train_time_s": 0.0, "wall_time_s": 0.0, "logger_run_id": None}
+    logger = build_logger(cfg, run_dir, resume_id=state["logger_run_id"])
+
+    def record(status: str, **extra: Any) -> dict[str, Any]:
+        commit, dirty = git_state()
+        history = state["val_history"]
+        trained_images = state["iteration"] * budget.batch_size
+        return {
+            "experiment": cfg.experiment_name,
+            "data": cfg.data.name,
+            "column": cfg.data.get("column"),
+            "model": cfg.model.name,
+            "seed": seed,
+            "budget": budget.name,
+            "status": status,
+            "params": count_parameters(model),
+            "val_error": history[-1][1] if history else None,
+            "best_val_error": min((error for _, error in history), default=None),
+            "test_error": None,
+            "iterations": state["iteration"],
+            "wall_time_s": state["wall_time_s"] + time.perf_counter() - started,
+            "train_time_s": state["train_time_s"],
+            "images_per_s": trained_images / state["train_time_s"] if state["train_time_s"] > 0 else None,
+            "val_history": history,
+            "val_examples": len(val_x),
+            "test_examples": len(test_x),
+            "device": _device_name(device),
+            "data_meta": splits.meta,
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "environment": environment(device),
+            "run_identity": identity,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            **extra,
+        }
+
+    loss_sum, window_start, mark = torch.zeros((), device=device), state["iteration"], time.perf_counter()
+    loop_started, start, total = mark, state["iteration"], budget.iterations
+    progress = tqdm(total=total, initial=start, desc=f"{cfg.data.name}/{cfg.model.name}/seed{seed}", disable=None)
+    batches = epoch_batches(train_x, train_y, budget.batch_size, seed, start, splits.redraw)
+    model.train()
+    try:
+        for done, (x, y) in zip(range(start + 1, total + 1), batches, strict=False):
+            with autocast(device):
+                logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+            evaluate = done % budget.eval_every == 0 or done == total
+            checkpoint = done % budget.checkpoint_every == 0 or done == total
+            if not (evaluate or checkpoint or done % budget.log_every == 0):
+                continue
+
+            # End of a logging window: sync with the device once, check the loss, log, evaluate, checkpoint.
+            mean_loss, seconds = loss_sum.item() / (done - window_start), time.perf_counter() - mark
+            state["train_time_s"] += seconds
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(
+                    f"non-finite training loss ({mean_loss}) in iterations {window_start + 1}..{done}; the last "
+                    f"good checkpoint (iteration {state['iteration']}) is kept in {run_dir}. Lower "
+                    f"optim.optimizer.lr or check the data"
+                )
+            images_per_s = (done - window_start) * budget.batch_size / seconds
+            metrics = {
+                "train/loss": mean_loss,
+                "train/lr": scheduler.get_last_lr()[0],
+                "train/images_per_s": images_per_s,
+            }
+            if evaluate:
+                val_error = error_percent(model, val_x, val_y, budget.eval_batch_size)
+                state["val_history"].append([done, val_error])
+                probe = val_x[:PANEL_IMAGES]
+                metrics |= {"val/error": val_error, **localisation_stats(model, to_input(probe))}
+                logger.log_panels(model, probe, val_y[:PANEL_IMAGES], step=done)
+                eta = (time.perf_counter() - loop_started) / (done - start) * (total - done)
+                log.info(
+                    "iteration %d/%d: loss %.4f, val error %.2f%% (best %.2f%%), %.0f images/s, ETA %s",
+                    done,
+                    total,
+                    mean_loss,
+                    val_error,
+                    min(e for _, e in state["val_history"]),
+                    images_per_s,
+                    timedelta(seconds=round(eta)),
+                )
+                progress.set_postfix(loss=f"{mean_loss:.3f}", val=f"{val_error:.2f}%")
+            logger.log_metrics(metrics, step=done)
+            if checkpoint:
+                if not parameters_finite(model):  # never overwrite a good checkpoint with a broken state
+                    raise FloatingPointError(
+                        f"parameters became non-finite by iteration {done}; the last good checkpoint (iteration "
+                        f"{state['iteration']}) is kept in {run_dir}. Lower optim.optimizer.lr"
+                    )
+                state |= {
+                    "iteration": done,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "run_identity": identity,
+                    "logger_run_id": logger.run_id,
+                }
+                save_checkpoint({**state, "wall_time_s": state["wall_time_s"] + time.perf_counter() - started}, run_dir)
+            progress.update(done - progress.n)
+            loss_sum.zero_()
+            window_start, mark = done, time.perf_counter()
+        progress.close()
+        test_error = error_percent(model, test_x, test_y, budget.eval_batch_size)
+        logger.log_metrics({"test/error": test_error}, step=total)
+        result = record("finished", test_error=test_error)
+    except Exception as error:
+        failure = record("failed", error=f"{type(error).__name__}: {error}")
+        write_result(failure, run_dir)
+        logger.finish(failure)
+        raise
+    write_result(result, run_dir)
+    logger.finish(result)
+    log.info(
+        "%s finished: test error %.2f%%, best val %.2f%%, %.0f images/s",
+        run_dir,
+        result["test_error"],
+        result["best_val_error"],
+        result["images_per_s"],
+    )
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    # A failure is recorded in result.json; in a sweep the other jobs go on, a single run exits with the error.
+    run_sweep_job(train, cfg, Path(to_absolute_path(cfg.run_dir)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Spatial transformers: grid generators (affine, attention, projective, TPS), the sampler, loc nets, the module."""
+
+from stn.transformers.grids import (
+    TRANSFORMS,
+    AffineTransform,
+    AttentionTransform,
+    ProjectiveTransform,
+    TPSTransform,
+    Transform,
+    make_transform,
+)
+from stn.transformers.locnets import ConvLocNet, FCLocNet
+from stn.transformers.module import SpatialTransformer
+from stn.transformers.sampler import sample, warp
+
+__all__ = [
+    "TRANSFORMS",
+    "AffineTransform",
+    "AttentionTransform",
+    "ConvLocNet",
+    "FCLocNet",
+    "ProjectiveTransform",
+    "SpatialTransformer",
+    "TPSTransform",
+    "Transform",
+    "make_transform",
+    "sample",
+    "warp",
+]

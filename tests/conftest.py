@@ -1,0 +1,33 @@
+"""Shared fixtures: where the real data is, and the rule that CI never skips a real-data test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# ../shared/data beside the checkout (as on CI); STN_SHARED_DATA overrides.
+SHARED_DATA = Path(os.environ.get("STN_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def need_real_data(path: Path, what: str) -> Path:
+    """Return `path` if it exists; otherwise fail under CI=true and skip elsewhere."""
+    if path.exists():
+        return path
+    message = f"{what} not found at {path} (set STN_SHARED_DATA to the folder holding the shared data)"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def mnist_raw_root() -> Path:
+    """The folder holding MNIST/raw/*.gz (torchvision's layout: pass it as MNIST(root=...))."""
+    need_real_data(SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte.gz", "real MNIST")
+    return SHARED_DATA

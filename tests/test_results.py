@@ -1,0 +1,174 @@
+"""The Table 1 renderer's arithmetic and formatting, and the failure recorder.
+
+The renderer on result files of real smoke runs (and on their W&B runs) is tested in test_sweep.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import REPO_ROOT
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from stn.results import (
+    MISSING,
+    Cell,
+    build_table,
+    caption,
+    display_name,
+    format_ours,
+    load_paper_table,
+    load_results,
+    main,
+    params_label,
+    record_failure,
+    render_csv,
+    render_latex,
+    render_markdown,
+    run_sweep_job,
+)
+
+PAPER_CSV = REPO_ROOT / "results" / "paper" / "table1.csv"
+
+
+def finished(model: str, column: str, seed: int, error: float, budget: str = "quick", params: int = 1000) -> dict:
+    return {
+        "model": model, "column": column, "seed": seed, "test_error": error, "budget": budget, "params": params,
+        "status": "finished", "iterations": 500, "git_commit": "0123456789abcdef", "git_dirty": False,
+        "path": f"runs/{column}/{model}/seed{seed}/result.json",
+    }  # fmt: skip
+
+
+def test_paper_table_holds_the_papers_numbers_with_tc_in_the_affine_rows():
+    columns, paper = load_paper_table(PAPER_CSV)
+    assert columns == ["R", "RTS", "P", "E", "TC"]
+    assert paper["fcn"] == {"R": 2.1, "RTS": 5.2, "P": 3.1, "E": 3.2, "TC": 13.2}
+    assert paper["st_cnn_aff"]["TC"] == 1.7 and paper["st_fcn_aff"]["TC"] == 2.0
+    assert paper["st_cnn_tps"]["TC"] is None and paper["st_fcn_proj"]["TC"] is None
+    assert len(paper) == 8
+
+
+def test_cell_mean_std_diff_and_formatting():
+    cell = Cell(paper=0.7, errors=[0.8, 0.9, 1.0], seeds=[0, 1, 2])
+    assert cell.n == 3
+    assert math.isclose(cell.mean, 0.9) and math.isclose(cell.std, 0.1) and math.isclose(cell.diff, 0.2)
+    assert format_ours(cell) == "0.90 ± 0.10 (n=3)"
+    one_seed = Cell(paper=None, errors=[1.234], seeds=[0])
+    assert one_seed.std is None and one_seed.diff is None
+    assert format_ours(one_seed) == "1.23 (n=1)"
+    assert format_ours(Cell(paper=0.7)) == MISSING
+    assert [display_name(m) for m in ("fcn", "cnn", "st_fcn_aff", "st_cnn_proj", "st_cnn_tps")] == [
+        "FCN", "CNN", "ST-FCN Aff", "ST-CNN Proj", "ST-CNN TPS",
+    ]  # fmt: skip
+
+
+def test_table_counts_finished_runs_only_and_marks_missing_cells():
+    columns, paper = load_paper_table(PAPER_CSV)
+    records = [
+        finished("fcn", "R", 0, 2.0, params=146_000),
+        finished("fcn", "R", 1, 3.0, params=146_000),
+        finished("fcn", "RTS", 0, 5.0, params=290_000),
+        {"model": "cnn", "column": "R", "seed": 0, "budget": "quick", "status": "failed", "error": "ValueError: x"},
+    ]
+    table = build_table(records, columns, paper)
+    fcn_r = table.cells["fcn", "R"]
+    assert fcn_r.errors == [2.0, 3.0] and math.isclose(fcn_r.diff, 2.5 - 2.1)
+    assert table.cells["cnn", "R"].n == 0 and len(table.not_counted) == 1
+    assert params_label(table, "fcn") == "146k (R); 290k (RTS)"
+
+    markdown = render_markdown(table)
+    assert "| FCN | 146k (R); 290k (RTS) | 2.50 ± 0.71 (n=2)<br>paper 2.1, Δ +0.40 |" in markdown
+    assert "| CNN | — | —<br>paper 1.2 |" in markdown  # the failed run is not a result
+    assert "| — |\n" in markdown  # ST-CNN TPS on TC: neither run nor reported
+    assert "cnn on R seed 0: failed — ValueError: x" in markdown
+    assert "budget: quick (500 iterations)" in markdown and "0123456789+" not in markdown
+
+    rows = render_csv(table).splitlines()
+    assert rows[0] == "model,column,paper,mean,std,n,diff,params,budget,seeds"
+    assert rows[1].startswith("fcn,R,2.1,2.5,0.707") and rows[1].endswith(",2,0.3999999999999999,146000,quick,0 1")
+    assert "st_cnn_tps,TC,,,,,,,," in rows  # neither reported by the paper nor run
+
+    latex = render_latex(table)
+    assert r"FCN & 146k (R); 290k (RTS) & 2.50 $\pm$ 0.71 (n=2) \tiny{[paper 2.1, $\Delta$ +0.40]} & " in latex
+    assert r"\caption{Table 1 --- distorted MNIST, \% test error." in latex
+    assert r"\begin{tabular}{llccccc}" in latex
+
+
+def test_mixed_budgets_in_one_cell_are_an_error_unless_one_is_picked():
+    columns, paper = load_paper_table(PAPER_CSV)
+    records = [finished("cnn", "P", 0, 1.0, budget="quick"), finished("cnn", "P", 1, 2.0, budget="paper")]
+    with pytest.raises(ValueError, match="mixes budgets 'quick' and 'paper'; pass --budget"):
+        build_table(records, columns, paper)
+    table = build_table(records, columns, paper, budget="paper")
+    assert table.cells["cnn", "P"].errors == [2.0] and table.budgets == ["paper"]
+    across_cells = build_table([*records[:1], finished("fcn", "P", 0, 3.0, budget="paper")], columns, paper)
+    assert "budget: paper, quick" in caption(across_cells) and "budgets differ between cells" in caption(across_cells)
+
+
+def test_a_seed_counted_twice_is_an_error():
+    columns, paper = load_paper_table(PAPER_CSV)
+    with pytest.raises(ValueError, match="second finished run of cnn on P with seed 0"):
+        build_table([finished("cnn", "P", 0, 1.0), finished("cnn", "P", 0, 1.5)], columns, paper)
+
+
+def test_cli_writes_the_three_tables_from_result_files(tmp_path):
+    runs = tmp_path / "runs"
+    for record in (finished("st_cnn_tps", "E", 0, 1.5), finished("st_cnn_tps", "E", 1, 1.7)):
+        (runs / str(record["seed"])).mkdir(parents=True)
+        (runs / str(record["seed"]) / "result.json").write_text(json.dumps(record))
+    main(["table1", "--runs", str(runs), "--paper", str(PAPER_CSV), "--out", str(tmp_path / "out")])
+    assert "1.60 ± 0.14 (n=2)<br>paper 1.1, Δ +0.50" in (tmp_path / "out" / "table1.md").read_text()
+    assert "st_cnn_tps,E,1.1,1.6" in (tmp_path / "out" / "table1.csv").read_text()
+    assert (tmp_path / "out" / "table1.tex").read_text().startswith(r"\begin{table}")
+    assert not list((tmp_path / "out").glob(".*tmp"))  # atomic writes leave no temporary files
+
+
+def compose_train(overrides: list[str], hydra_config: bool = False):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=hydra_config)
+
+
+def test_failed_run_is_recorded_and_reraised_in_a_single_run(tmp_path):
+    cfg = compose_train(["data=mnist_r", "model=cnn", "budget=smoke", "seed=4"])
+
+    def crash(_):
+        raise RuntimeError("loss is NaN at iteration 7")
+
+    with pytest.raises(RuntimeError, match="loss is NaN"):
+        run_sweep_job(crash, cfg, tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "failed" and result["error"] == "RuntimeError: loss is NaN at iteration 7"
+    assert (result["model"], result["data"], result["seed"], result["budget"]) == ("cnn", "mnist_r", 4, "smoke")
+    assert result["column"] == "R" and "crash" in result["traceback"]
+
+
+def test_failed_job_does_not_stop_a_multirun(tmp_path):
+    full = compose_train(["data=mnist_p", "model=fcn", "hydra.mode=MULTIRUN"], hydra_config=True)
+    HydraConfig.instance().set_config(full)  # as a launcher does for each job of a sweep
+    cfg = OmegaConf.masked_copy(full, [key for key in full if key != "hydra"])  # what the task function gets
+    try:
+        assert run_sweep_job(lambda _: 1 / 0, cfg, tmp_path) is None
+        assert run_sweep_job(lambda _: "trained", cfg, tmp_path / "next") == "trained"
+    finally:
+        HydraConfig.instance().cfg = None
+    assert json.loads((tmp_path / "result.json").read_text())["error"] == "ZeroDivisionError: division by zero"
+
+
+def test_failure_recorder_survives_a_config_that_cannot_resolve(tmp_path):
+    cfg = compose_train(["data=mnist_e", "model=fcn", "seed=${oc.env:STN_TEST_UNSET_VARIABLE}"])
+    path = record_failure(tmp_path, cfg, KeyError("seed"))
+    result = json.loads(path.read_text())
+    assert result["seed"] is None and result["model"] == "fcn" and result["status"] == "failed"
+
+
+def test_reading_results_from_nowhere_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no runs folder .*missing; run the sweep first"):
+        load_results("local", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no wandb results in .*logger=wandb"):
+        load_results("wandb", tmp_path)
+    with pytest.raises(ValueError, match="unknown source 'csv'"):
+        load_results("csv", tmp_path)

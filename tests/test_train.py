@@ -1,0 +1,211 @@
+"""The trainer on real RTS MNIST: result files, exact resume after kill -9, NaN handling, clear config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from stn.checkpoint import load_checkpoint, load_model
+from stn.data import load_splits
+from stn.data.dataset import DataConfig, Redraw
+from stn.data.mnist import load_mnist
+from stn.models import count_parameters
+from stn.models.params import CONFIG_DIR
+from stn.train import epoch_batches, error_percent, train
+
+RESULT_KEYS = {
+    "experiment",
+    "data",
+    "column",
+    "model",
+    "seed",
+    "budget",
+    "params",
+    "val_error",
+    "test_error",
+    "iterations",
+    "wall_time_s",
+    "images_per_s",
+    "device",
+    "git_commit",
+    "git_dirty",
+    "environment",
+    "config",
+    "status",
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, mnist_raw_root) -> Path:
+    """A writable data folder; the first training generates RTS MNIST into it (seeded, from the real digits)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def overrides(data_dir, mnist_raw_root, tmp_path):
+    """Command-line overrides of a smoke RTS run whose data and runs live in temporary folders."""
+    return [
+        "data=mnist_rts",
+        "budget=smoke",
+        f"paths.data_dir={data_dir}",
+        f"paths.mnist_source={mnist_raw_root}",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+    ]
+
+
+def config(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="test"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_smoke_training_writes_a_valid_result_and_a_rerun_is_a_no_op(overrides):
+    cfg = config(*overrides, "model=st_cnn_aff", "seed=2")
+    result = train(cfg)
+    run_dir = Path(cfg.run_dir)
+    assert run_dir == Path(cfg.paths.runs_dir) / "adhoc" / "mnist_rts" / "st_cnn_aff" / "seed2"
+    on_disk = json.loads((run_dir / "result.json").read_text())
+    assert on_disk == result
+    assert RESULT_KEYS <= set(result)
+    assert (result["status"], result["data"], result["column"], result["model"]) == (
+        "finished",
+        "mnist_rts",
+        "RTS",
+        "st_cnn_aff",
+    )
+    assert (result["seed"], result["budget"], result["iterations"]) == (2, "smoke", 20)
+    assert [it for it, _ in result["val_history"]] == [10, 20]
+    assert 0 <= result["test_error"] <= 100 and result["images_per_s"] > 0 and result["device"] == "cpu"
+    assert result["config"]["model"]["net"]["input_shape"] == [1, 42, 42]  # resolved
+    assert result["environment"]["packages"]["torch"] == torch.__version__.split("+")[0]
+    # The stored model is the trained one: same parameter count, same test error.
+    model = load_model(run_dir)
+    assert count_parameters(model) == result["params"]
+    splits = load_splits(cfg.data)
+    assert error_percent(model, splits.test_x[:500], splits.test_y[:500], 500) == result["test_error"]
+
+    mtime = (run_dir / "result.json").stat().st_mtime_ns
+    assert train(cfg) == result
+    assert (run_dir / "result.json").stat().st_mtime_ns == mtime
+
+    with pytest.raises(ValueError, match="different configuration"):
+        train(config(*overrides, "model=st_cnn_aff", "seed=2", "budget.iterations=30"))
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_reproduces_the_uninterrupted_run_exactly(overrides, tmp_path):
+    run = [
+        *overrides[:-1],
+        "model=st_cnn_aff",
+        "budget.iterations=200",
+        "budget.checkpoint_every=10",
+        "budget.eval_every=50",
+        "budget.log_every=10",
+    ]
+    uninterrupted = train(config(*run, f"paths.runs_dir={tmp_path / 'a'}"))
+
+    killed = [*run, f"paths.runs_dir={tmp_path / 'b'}"]
+    run_dir = Path(config(*killed).run_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same arithmetic as this process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stn.train", *killed],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoint.pt").exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "the training subprocess wrote no checkpoint"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    killed_at = load_checkpoint(run_dir)["iteration"]
+    assert 10 <= killed_at < 200 and not (run_dir / "result.json").exists()
+
+    resumed = train(config(*killed))
+    for key in ("test_error", "val_error", "val_history", "params", "iterations"):
+        assert resumed[key] == uninterrupted[key], key
+    final_a = load_checkpoint(Path(uninterrupted["config"]["run_dir"]))
+    final_b = load_checkpoint(run_dir)
+    for name, tensor in final_a["model"].items():
+        assert torch.equal(tensor, final_b["model"][name]), name
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(overrides):
+    # A real divergence: the learning rate jumps x1e8 after iteration 20 (lr_gamma > 1 is allowed on purpose).
+    cfg = config(*overrides, "model=fcn", "budget.iterations=40", "optim.lr_milestones=[0.5]", "optim.lr_gamma=1e8")
+    with pytest.raises(FloatingPointError, match=r"non-finite .* last good checkpoint \(iteration 20\)"):
+        train(cfg)
+    state = load_checkpoint(Path(cfg.run_dir))
+    assert state["iteration"] == 20
+    assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
+    failure = json.loads((Path(cfg.run_dir) / "result.json").read_text())
+    assert failure["status"] == "failed" and "non-finite" in failure["error"] and failure["test_error"] is None
+    # Rerunning retries from that checkpoint (a failed record does not block it) and fails the same way.
+    with pytest.raises(FloatingPointError, match=r"iterations 21\.\.25; the last good checkpoint \(iteration 20\)"):
+        train(cfg)
+
+
+def test_mismatched_input_shape_and_oversized_batch_give_clear_errors(overrides):
+    with pytest.raises(ValueError, match=r"built for inputs \[1, 28, 28\] but data mnist_rts holds \[1, 42, 42\]"):
+        train(config(*overrides, "model=cnn", "model.net.input_shape=[1,28,28]"))
+    with pytest.raises(ValueError, match="batch_size=4000 exceeds the 2000 training images"):
+        train(config(*overrides, "model=cnn", "budget.batch_size=4000"))
+    with pytest.raises(ValueError, match="budget.eval_every must be a positive integer"):
+        train(config(*overrides, "model=cnn", "budget.eval_every=0"))
+
+
+def test_batches_resume_mid_run_across_redrawn_epochs(overrides):
+    cfg = config(*overrides)
+    data = DataConfig.from_cfg(cfg.data)
+    splits = load_splits(cfg.data)
+    # Fresh distortions of the first 96 training digits (Redraw is the loader's own per-epoch generator).
+    mnist = load_mnist(data.root, data.mnist_source)
+    redraw = Redraw(data, mnist.train_images[:96])
+    images, labels = splits.train_x[:96], splits.train_y[:96]
+    full = list(zip(range(10), epoch_batches(images, labels, 32, 7, 0, redraw), strict=False))
+    resumed = list(zip(range(5), epoch_batches(images, labels, 32, 7, 5, redraw), strict=False))
+    for (_, (x_full, y_full)), (_, (x_res, y_res)) in zip(full[5:], resumed, strict=True):
+        assert torch.equal(x_full, x_res) and torch.equal(y_full, y_res)
+    epoch0 = torch.cat([x for _, (x, _) in full[:3]])
+    epoch1 = torch.cat([x for _, (x, _) in full[3:6]])
+    assert not torch.equal(epoch0.sort(0).values, epoch1.sort(0).values)  # epoch 1 sees new distortions
+    assert sorted(torch.cat([y for _, (_, y) in full[3:6]]).tolist()) == sorted(labels.tolist())
+
+
+@pytest.mark.slow
+def test_short_rts_training_learns(overrides):
+    """600 iterations of a 32-filter CNN on 20k RTS digits: measured 30.05% test error (2000 images); chance is 90%.
+
+    A faster optimiser than the paper's (momentum 0.9, lr 0.05) so that a short run leaves the initial plateau;
+    at this budget the ST-CNN is still behind the CNN (measured 55.6%), so only the CNN is held to a threshold.
+    """
+    cfg = config(
+        *overrides,
+        "model=cnn",
+        "model.net.param_reference.width=32",
+        "budget.iterations=600",
+        "budget.batch_size=64",
+        "budget.train_subset=20000",
+        "budget.val_subset=2000",
+        "budget.test_subset=2000",
+        "budget.eval_every=200",
+        "budget.checkpoint_every=600",
+        "budget.log_every=50",
+        "optim.optimizer.momentum=0.9",
+        "optim.optimizer.lr=0.05",
+    )
+    result = train(cfg)
+    assert result["test_error"] < 40.0
+    assert result["val_history"][-1][1] < result["val_history"][0][1]
