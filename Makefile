@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Table 1 sweep settings: the paper's budget on a GPU box, the quick one on a CPU (override: make reproduce-table1 BUDGET=...).
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 BUDGET ?= $(if $(HAS_GPU),paper,quick)
-LAUNCHER ?= basic
+LAUNCHER ?= local
 RUNS ?= runs
 EXTRA ?=
 

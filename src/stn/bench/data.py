@@ -16,24 +16,22 @@ shared machine. Written atomically to <out>/data_<device>.md, with the timings a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
-from stn.atomic import write_atomic
+from stn.bench import save_report
 from stn.data.dataset import DataConfig
 from stn.data.distortions import DistortionSpec, generate
 from stn.data.make import VARIANTS, compose_config
 from stn.data.mnist import load_mnist
-from stn.runinfo import environment, git_state
+from stn.runinfo import environment
 from stn.runtime import pick_device
 
 TOTAL = 70_000
@@ -112,7 +110,8 @@ def render_markdown(rows: list[dict], args: argparse.Namespace, env: dict, devic
         "",
         f"`python -m stn.bench.data --device {args.device} --subset {args.subset} --repeats {args.repeats}`",
         "",
-        f"Ours: stn.data.distortions.generate (per-sample parameters, batched warps of the project's transformer) on "
+        "Ours: stn.data.distortions.generate (per-sample parameters; batched warps of the project's transformer, "
+        f"TC's whole-pixel placement as a batched paste) on "
         f"{device_text}, all {TOTAL:,} images (50k train + 10k val + 10k test), best of {args.repeats} runs after a "
         f"warm-up. Per-image: torchvision.transforms.v2 on one uint8 image at a time on the CPU (TC: a Python paste "
         f"loop), timed on {args.subset:,} images in {args.repeats} blocks, the best block's time per image "
@@ -174,22 +173,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args.load_after = os.getloadavg()[0]
     table = render_markdown(rows, args, env, device_text)
-    commit, dirty = git_state()
-    record = {
-        "args": {**vars(args), "out": str(args.out)},
-        "device": str(device),
-        "environment": env,
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "results": rows,
-    }
-    stem = args.out / f"data_{device.type}"
-    write_atomic(stem.with_suffix(".md"), table)
-    write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
-    print()
-    print(table)
-    print(f"written to {stem.with_suffix('.md')} and .json")
+    save_report("data", device, table, args, env, rows)
 
 
 if __name__ == "__main__":

@@ -13,20 +13,18 @@ timings and the machine in .json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stn.atomic import write_atomic
-from stn.runinfo import environment, git_state
+from stn.bench import save_report
+from stn.runinfo import environment
 from stn.runtime import ALIGN_CORNERS, pick_device
 from stn.transformers import TRANSFORMS, TPSTransform, make_transform, warp
 
@@ -180,24 +178,16 @@ def main(argv: list[str] | None = None) -> None:
 
     load.append(os.getloadavg()[0])
     table = render_markdown(rows, args.sizes, env, args, device_text, load)
-    commit, dirty = git_state()
-    record = {
-        "args": {**vars(args), "out": str(args.out)},
-        "device": str(device),
-        "environment": env,
-        "kornia": kornia.__version__,
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load_average_1min": {"before": load[0], "after": load[1]},
-        "results": rows,
-    }
-    stem = args.out / f"transformer_{device.type}"
-    write_atomic(stem.with_suffix(".md"), table)
-    write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
-    print()
-    print(table)
-    print(f"written to {stem.with_suffix('.md')} and .json")
+    save_report(
+        "transformer",
+        device,
+        table,
+        args,
+        env,
+        rows,
+        kornia=kornia.__version__,
+        load_average_1min={"before": load[0], "after": load[1]},
+    )
 
 
 if __name__ == "__main__":
