@@ -42,7 +42,7 @@ from stn.data.store import CorruptDatasetError
 from stn.transformers import ProjectiveTransform, TPSTransform
 
 VARIANTS = ("r", "rts", "p", "e", "tc")
-MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # /work/shared/data/README.md
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # shared/data/README.md
 MIN_P_VALUE = 1e-3  # fixed seeds make these tests deterministic; a wrong distribution gives p << 1e-10
 
 

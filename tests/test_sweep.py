@@ -4,6 +4,7 @@ that fails for real; then the table from the result files and from the offline W
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import os
@@ -132,3 +133,30 @@ def test_figure_of_the_trained_transformers(sweep, tmp_path):
     figures_main(["table1", "--runs", str(runs), "--out", str(out), "--digits", "2"])
     image = matplotlib.image.imread(out)
     assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
+
+
+@pytest.mark.slow
+def test_smoke_sweep_over_all_40_dataset_model_pairs(tmp_path, mnist_raw_root):
+    """The whole Table 1 grid (5 datasets x 8 models, one seed) at the smoke budget through the default launcher:
+    every pair trains on its real distorted MNIST and leaves a finished result, and the table has every cell."""
+    env = {
+        **os.environ,
+        "STN_RUNS_DIR": str(tmp_path / "runs"),
+        "STN_DATA_DIR": str(tmp_path / "data"),
+        "MNIST_SOURCE": str(mnist_raw_root),
+    }
+    command = [sys.executable, "-m", "stn.train", "experiment=table1", "budget=smoke", "seed=0"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"the sweep failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    cfg = compose_train(["experiment=table1"])
+    datasets = str(cfg.hydra.sweeper.params.data).split(",")
+    models = str(cfg.hydra.sweeper.params.model).split(",")
+    assert len(datasets) * len(models) == 40
+    for data in datasets:
+        for model in models:
+            record = json.loads((tmp_path / "runs" / "table1" / data / model / "seed0" / "result.json").read_text())
+            assert record["status"] == "finished", (data, model, record.get("error"))
+            assert record["iterations"] == 20 and 0.0 <= record["test_error"] <= 100.0
+    results_main(["table1", "--runs", str(tmp_path / "runs" / "table1"), "--out", str(tmp_path / "tables")])
+    rows = list(csv.DictReader((tmp_path / "tables" / "table1.csv").open()))
+    assert len(rows) == 40 and all(row["n"] == "1" and row["mean"] and row["budget"] == "smoke" for row in rows)
