@@ -5,14 +5,26 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Table 1 sweep settings: the paper's budget on a GPU box, the quick one on a CPU (override: make reproduce-table1 BUDGET=...).
+# Table 1 recipes (make reproduce-table1 RECIPE=...; evidence in results/evidence/, README "Table 1 recipes"):
+#   paper: the paper's schedule (150k x 256, SGD lr 0.01 x0.1 at 50k/100k) with momentum 0.9 and fresh training
+#          distortions, every cell, 3 seeds: the faithful reproduction (default on a GPU box)
+#   fast:  the fast recipe (optim=fast budget=fast: 1/10 of the paper's samples), every cell, 3 seeds
+#   cpu:   the fast recipe, 1 seed, the cells that fit ~2 h on 2 CPU cores (default without a GPU); the rest of the
+#          table shows "GPU" and the command that fills it is printed
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
-BUDGET ?= $(if $(HAS_GPU),paper,quick)
+RECIPE ?= $(if $(HAS_GPU),paper,cpu)
+RECIPE_ARGS_paper := optim=sgd_table1 budget=paper
+RECIPE_ARGS_fast := optim=fast budget=fast
+RECIPE_ARGS_cpu := $(RECIPE_ARGS_fast) seed=0 model=fcn,st_fcn_aff,st_fcn_proj,st_fcn_tps
+RECIPE_FOLDER_paper := sgd_table1-paper
+RECIPE_FOLDER_fast := fast-fast
+RECIPE_FOLDER_cpu := fast-fast
 LAUNCHER ?= local
 RUNS ?= runs
 EXTRA ?=
 
-.PHONY: setup lock test lint data params bench bench-transformer bench-data reproduce-table1 table1 figures clean-venv
+.PHONY: setup lock test lint data params bench bench-transformer bench-data reproduce-table1 table1 figures clean-venv \
+	evidence-table1
 
 setup: $(STAMP)
 
@@ -50,17 +62,73 @@ bench-transformer: $(STAMP)
 bench-data: $(STAMP)
 	$(PY) -m stn.bench.data
 
+# The GPU check (README "GPU check"): tests, short runs, kill-and-resume, throughput, concurrency and the Table 1
+# projection in <= 8 minutes on one GPU, into results/bench/gpu_check_<gpu>.{md,json}. Without a GPU: a CPU rehearsal.
+.PHONY: gpu-check gpu-wheels gpu-data gpu-ready
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(PY) -m stn.gpu_check $(GPU_CHECK_ARGS)
+
+# A GPU machine with Python 3.12 and torch but no network lacks hydra-core, omegaconf and antlr4 (wandb is not
+# needed with logger=none): their pure-Python wheels, at the versions of requirements.lock, go into .whl/.
+GPU_WHEEL_FLAGS := --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+lock_pin = $(shell grep -E '^$(1)==' requirements.lock)
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON_BOOT) -m pip download $(GPU_WHEEL_FLAGS) -d .whl $(call lock_pin,hydra-core) $(call lock_pin,omegaconf)
+	@# antlr4-python3-runtime 4.9.3 is a source archive only on PyPI: build its (pure-Python) wheel here
+	$(PYTHON_BOOT) -m pip wheel --quiet --no-deps -w .whl $(call lock_pin,antlr4-python3-runtime)
+
+# MNIST's four .gz (md5-checked) into .gpu_data/MNIST/raw, from MNIST_SOURCE or ../shared/data.
+GPU_MNIST ?= $(or $(MNIST_SOURCE),../shared/data)
+gpu-data: $(STAMP)
+	$(PY) -c "from stn.data.mnist import copy_from_source; copy_from_source('$(GPU_MNIST)', '.gpu_data')"
+
+# Both, then the one line to run on the GPU machine (carry .whl and .gpu_data).
+gpu-ready: gpu-wheels gpu-data
+	@echo 'python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 && MNIST_SOURCE=.gpu_data/MNIST/raw python3 -m stn.gpu_check --out $$OUT; rc=$$?; tar -czf $$OUT/gpu_check_logs.tgz -C /tmp/stn_gpu_check logs; exit $$rc'
+
 # The paper's Table 1 (+ TC) from your own runs, next to the paper's numbers: results/table1.{md,csv,tex}.
 reproduce-table1: $(STAMP)
-	@echo "Table 1 sweep: budget=$(BUDGET) launcher=$(LAUNCHER) runs in $(RUNS)/table1"
-	$(PY) -m stn.train --multirun experiment=table1 budget=$(BUDGET) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
-	$(MAKE) table1 figures RUNS=$(RUNS)
+	@test -n "$(RECIPE_FOLDER_$(RECIPE))" || { echo "unknown RECIPE=$(RECIPE): use paper, fast or cpu"; exit 2; }
+	@echo "Table 1 sweep: recipe $(RECIPE) ($(RECIPE_ARGS_$(RECIPE))), launcher $(LAUNCHER), runs in $(RUNS)/table1"
+	$(PY) -m stn.train --multirun experiment=table1 $(RECIPE_ARGS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
+	$(MAKE) table1 figures RUNS=$(RUNS) RECIPE=$(RECIPE)
 
 table1: $(STAMP)
-	$(PY) -m stn.results table1 --runs $(RUNS)/table1 --out results
+	$(PY) -m stn.results table1 --runs $(RUNS)/table1 --recipe $(RECIPE_FOLDER_$(RECIPE)) --out results \
+	  $(if $(filter cpu,$(RECIPE)),--missing GPU)
+	@$(if $(filter cpu,$(RECIPE)),echo "Cells marked GPU: fill them (3 seeds, every model) with: make reproduce-table1 RECIPE=fast (or RECIPE=paper), on a GPU")
+
+# The measured comparisons behind Table 1's defaults, rendered into results/evidence/ (CPU hours; see README).
+EVIDENCE_STREAM := data=mnist_r,mnist_rts model=fcn,st_fcn_aff seed=0,1,2 $(RECIPE_ARGS_fast)
+evidence-table1: $(STAMP)
+	$(PY) -m stn.train --multirun experiment=table1 $(EVIDENCE_STREAM) paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fixed_data data.redraw_train=false \
+	  $(EVIDENCE_STREAM) paths.runs_dir=$(RUNS)
+	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast --runs $(RUNS)/evidence_fixed_data --common \
+	  --title "Training distortions: one fixed stored set vs fresh draws every epoch (fast recipe)" \
+	  --out results/evidence/table1_data_stream.md
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_momentum0 data=mnist_r model=fcn \
+	  seed=0,1,2 optim=sgd_table1 budget=paper optim.optimizer.momentum=0 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 data=mnist_r model=fcn seed=0,1,2 $(RECIPE_ARGS_paper) \
+	  paths.runs_dir=$(RUNS)
+	$(PY) -m stn.results compare --runs $(RUNS)/table1/sgd_table1-paper --runs $(RUNS)/evidence_momentum0 --common \
+	  --title "Momentum 0 vs 0.9 at the paper's schedule (150k x 256, lr 0.01 x0.1 at 50k/100k, fresh data)" \
+	  --out results/evidence/table1_momentum.md
+	$(PY) -m stn.train --multirun experiment=table1 data=mnist_tc model=fcn seed=0 $(RECIPE_ARGS_fast) paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_tc_fcn_60k data=mnist_tc model=fcn seed=0 \
+	  $(RECIPE_ARGS_fast) budget.iterations=60000 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_tc_fcn_w256 data=mnist_tc model=fcn seed=0 \
+	  $(RECIPE_ARGS_fast) model.net.width=256 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast --runs $(RUNS)/evidence_tc_fcn_60k \
+	  --runs $(RUNS)/evidence_tc_fcn_w256 --common \
+	  --title "TC: the FCN's training length (15k / 60k iterations) vs its width (73 solved / 256 hidden units)" \
+	  --out results/evidence/table1_tc_fcn.md
 
 figures: $(STAMP)
-	$(PY) -m stn.figures table1 --runs $(RUNS)/table1 --out results/figures/table1_transformations.png
+	$(PY) -m stn.figures table1 --runs $(RUNS)/table1/$(RECIPE_FOLDER_$(RECIPE)) --out results/figures/table1_transformations.png
 
 clean-venv:
 	rm -rf $(VENV)

@@ -53,7 +53,7 @@ def test_paths_defaults_and_run_dir(hydra_configs, monkeypatch):
     cfg = hydra_configs("data=mnist_r", "model=cnn", "seed=3")
     assert cfg.paths.data_dir == "data" and cfg.paths.runs_dir == "runs" and cfg.paths.mnist_source is None
     assert cfg.data.root == "data"
-    assert cfg.run_dir == "runs/adhoc/mnist_r/cnn/seed3"
+    assert cfg.run_dir == "runs/adhoc/sgd_table1-paper/mnist_r/cnn/seed3"
     assert cfg.data.name == "mnist_r" and cfg.model.name == "cnn"
 
 
@@ -72,7 +72,28 @@ def test_every_optimiser_builds_with_its_schedule(hydra_configs, optim):
     assert cfg.optim.name == optim
     if optim == "sgd_table1":  # [appendix] lr 0.01, x0.1 at 50k and 100k of 150k
         assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.01]
-        assert sorted(scheduler.milestones) == [50_000, 100_000]
+        factor = scheduler.lr_lambdas[0]
+        assert [factor(s) for s in (0, 49_999, 50_000, 99_999, 100_000, 149_999)] == pytest.approx(
+            [1, 1, 0.1, 0.1, 0.01, 0.01]
+        )
+    if optim == "fast":  # linear warm-up over 2% of the budget, then a cosine decay to zero
+        factor = scheduler.lr_lambdas[0]
+        assert factor(0) == pytest.approx(1 / 3000) and factor(2999) == 1.0
+        assert factor(3000 + 73_500) == pytest.approx(0.5) and factor(150_000) == pytest.approx(0.0)
+
+
+def test_lr_schedules_reject_bad_settings(hydra_configs):
+    cfg = hydra_configs("optim=fast", "model=fcn")
+    model = instantiate(cfg.model.net)
+    for key, value, message in (
+        ("lr_schedule", "linear", "optim.lr_schedule must be one of"),
+        ("lr_warmup", 1.5, "optim.lr_warmup must be a fraction"),
+        ("lr_milestones", [0.6, 0.3], "optim.lr_milestones must be increasing fractions"),
+    ):
+        optim = cfg.optim.copy()
+        optim[key] = value
+        with pytest.raises(ValueError, match=message):
+            build_optimizer(model, optim, 100)
 
 
 def test_bad_budgets_and_unknown_groups_give_clear_errors(hydra_configs):

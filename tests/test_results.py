@@ -26,6 +26,7 @@ from stn.results import (
     main,
     params_label,
     record_failure,
+    render_comparison,
     render_csv,
     render_latex,
     render_markdown,
@@ -35,11 +36,26 @@ from stn.results import (
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "table1.csv"
 
 
+def recipe_config(optim: str = "sgd_table1", budget: str = "quick", redraw: bool = True, **optimizer) -> dict:
+    """The config sections of a result record that define its recipe."""
+    return {
+        "recipe": f"{optim}-{budget}",
+        "optim": {
+            "name": optim, "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.01, "momentum": 0.9, **optimizer},
+            "lr_schedule": "step", "lr_warmup": 0.0, "lr_milestones": [1 / 3, 2 / 3], "lr_gamma": 0.1,
+            "loc_lr_mult": 1.0,
+        },
+        "budget": {"name": budget, "iterations": 150_000 if budget == "paper" else 500, "batch_size": 256},
+        "data": {"redraw_train": redraw},
+    }  # fmt: skip
+
+
 def finished(model: str, column: str, seed: int, error: float, budget: str = "quick", params: int = 1000) -> dict:
     return {
         "model": model, "column": column, "seed": seed, "test_error": error, "budget": budget, "params": params,
         "status": "finished", "iterations": 500, "git_commit": "0123456789abcdef", "git_dirty": False,
-        "path": f"runs/{column}/{model}/seed{seed}/result.json",
+        "path": f"runs/{column}/{model}/seed{seed}/result.json", "wall_time_s": 90.0, "device": "cpu",
+        "config": recipe_config(budget=budget),
     }  # fmt: skip
 
 
@@ -85,12 +101,18 @@ def test_table_counts_finished_runs_only_and_marks_missing_cells():
     assert "| CNN | — | —<br>paper 1.2 |" in markdown  # the failed run is not a result
     assert "| — |\n" in markdown  # ST-CNN TPS on TC: neither run nor reported
     assert "cnn on R seed 0: failed — ValueError: x" in markdown
-    assert "budget: quick (500 iterations)" in markdown and "0123456789+" not in markdown
+    assert (
+        "recipe: SGD lr 0.01, momentum 0.9, weight decay 0, x0.1 at 33%, 67% of the budget, 500 iterations x 256 = "
+        "0.13M samples (0% of the paper's 38.4M), fresh training distortions every epoch;" in markdown
+    )
+    assert "0123456789+" not in markdown
+    assert "| FCN | R | 2.1 | 2.50 ± 0.71 (n=2) | +0.40 | 0.13M | 1.5 min | cpu | — |" in markdown  # per-cell list
 
     rows = render_csv(table).splitlines()
-    assert rows[0] == "model,column,paper,mean,std,n,diff,params,budget,seeds"
-    assert rows[1].startswith("fcn,R,2.1,2.5,0.707") and rows[1].endswith(",2,0.3999999999999999,146000,quick,0 1")
-    assert "st_cnn_tps,TC,,,,,,,," in rows  # neither reported by the paper nor run
+    assert rows[0] == "model,column,paper,mean,std,n,diff,params,samples,wall_time_s,seeds,recipe"
+    assert rows[1].startswith("fcn,R,2.1,2.5,0.707")
+    assert rows[1].split(",")[6:11] == ["0.3999999999999999", "146000", "128000", "90.0", "0 1"]
+    assert "st_cnn_tps,TC,,,,,,,,,," in rows  # neither reported by the paper nor run
 
     latex = render_latex(table)
     assert r"FCN & 146k (R); 290k (RTS) & 2.50 $\pm$ 0.71 (n=2) \tiny{[paper 2.1, $\Delta$ +0.40]} & " in latex
@@ -98,15 +120,33 @@ def test_table_counts_finished_runs_only_and_marks_missing_cells():
     assert r"\begin{tabular}{llccccc}" in latex
 
 
-def test_mixed_budgets_in_one_cell_are_an_error_unless_one_is_picked():
+def test_mixed_recipes_in_one_cell_are_an_error_unless_one_is_picked():
     columns, paper = load_paper_table(PAPER_CSV)
     records = [finished("cnn", "P", 0, 1.0, budget="quick"), finished("cnn", "P", 1, 2.0, budget="paper")]
-    with pytest.raises(ValueError, match="mixes budgets 'quick' and 'paper'; pass --budget"):
+    with pytest.raises(ValueError, match="cnn on P mixes recipes .*; pass --recipe to pick one"):
         build_table(records, columns, paper)
-    table = build_table(records, columns, paper, budget="paper")
-    assert table.cells["cnn", "P"].errors == [2.0] and table.budgets == ["paper"]
+    table = build_table(records, columns, paper, recipe="sgd_table1-paper")
+    assert table.cells["cnn", "P"].errors == [2.0] and len(table.recipes) == 1
     across_cells = build_table([*records[:1], finished("fcn", "P", 0, 3.0, budget="paper")], columns, paper)
-    assert "budget: paper, quick" in caption(across_cells) and "budgets differ between cells" in caption(across_cells)
+    assert "recipes differ between cells" in caption(across_cells)
+    # the same optimiser and budget names with another data stream (or lr) are another recipe too
+    fixed = {**records[1], "seed": 2, "config": recipe_config(budget="paper", redraw=False)}
+    with pytest.raises(ValueError, match="one fixed distorted training set"):
+        build_table([records[1], fixed], columns, paper)
+    faster = {**records[1], "seed": 2, "config": recipe_config(budget="paper", lr=0.1)}
+    with pytest.raises(ValueError, match="SGD lr 0.1,"):
+        build_table([records[1], faster], columns, paper)
+
+
+def test_unrun_cells_the_paper_reports_can_be_marked_for_the_gpu():
+    columns, paper = load_paper_table(PAPER_CSV)
+    table = build_table([finished("fcn", "R", 0, 2.0)], columns, paper, missing="GPU")
+    markdown = render_markdown(table)
+    assert "| CNN | — | GPU<br>paper 1.2 |" in markdown
+    assert "GPU = reported by the paper, not run here" in markdown
+    assert (
+        "| ST-CNN TPS | — | GPU<br>paper 0.7 | GPU<br>paper 0.5 | GPU<br>paper 0.8 | GPU<br>paper 1.1 | — |" in markdown
+    )
 
 
 def test_a_seed_counted_twice_is_an_error():
@@ -172,3 +212,28 @@ def test_reading_results_from_nowhere_is_a_clear_error(tmp_path):
         load_results("wandb", tmp_path)
     with pytest.raises(ValueError, match="unknown source 'csv'"):
         load_results("csv", tmp_path)
+
+
+def test_comparison_puts_each_arm_in_its_own_column_with_its_recipe(tmp_path):
+    fixed = recipe_config(redraw=False)
+    records = [
+        {**finished("fcn", "R", seed, error), "experiment": "table1"} for seed, error in enumerate((2.0, 2.2, 2.4))
+    ]
+    records += [
+        {**finished("fcn", "R", 0, 4.5), "experiment": "evidence_fixed", "config": fixed},
+        {**finished("fcn", "RTS", 0, 9.0), "experiment": "evidence_fixed", "config": fixed},
+    ]
+    text = render_comparison(records, "Fixed vs fresh", note="CPU, 2 cores.")
+    assert "| Column | Model | `evidence_fixed/sgd_table1-quick` | `table1/sgd_table1-quick` |" in text
+    assert "| R | FCN | 4.50 (n=1) | 2.20 ± 0.20 (n=3) |" in text
+    assert "| RTS | FCN | 9.00 (n=1) | — (n=0) |" not in text and "| RTS | FCN | 9.00 (n=1) | — |" in text
+    assert "CPU, 2 cores." in text and "one fixed distorted training set" in text
+    assert "| RTS |" not in render_comparison(records, "Fixed vs fresh", common=True)  # only rows every arm has
+    for record in records:
+        folder = tmp_path / record["experiment"] / record["column"] / str(record["seed"])
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps(record))
+    out = tmp_path / "compare.md"
+    main(["compare", "--runs", str(tmp_path / "table1"), "--runs", str(tmp_path / "evidence_fixed"), "--title", "T"])
+    main(["compare", "--runs", str(tmp_path), "--title", "T", "--common", "--out", str(out)])
+    assert "| R | FCN | 4.50 (n=1) | 2.20 ± 0.20 (n=3) |" in out.read_text()

@@ -1,6 +1,7 @@
 """`make reproduce-table1` in miniature, on real data: a Table 1 sweep (2 datasets x 2 models, smoke budget, W&B
 offline) through submitit's local executor -- the cluster code path, each job its own process -- with one job
-that fails for real; then the table from the result files and from the offline W&B runs, and the figure."""
+that fails for real; then the table from the result files and from the offline W&B runs, and the figure. And the
+sweep's own bookkeeping (stn.sweep): data prepared once before the jobs, progress, failed jobs listed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import csv
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +21,14 @@ from hydra import compose, initialize_config_dir
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
-from stn.data import load_splits
+from stn.checkpoint import write_result
 from stn.figures import main as figures_main
 from stn.figures import table1_figure
 from stn.results import main as results_main
+from stn.sweep import SweepCallback
 
 DATASETS, MODELS = ("mnist_r", "mnist_rts"), ("fcn", "st_cnn_aff")
+RECIPE = "sgd_table1-smoke"  # the run folder level of experiment=table1 budget=smoke
 LAUNCHERS = sorted(p.stem for p in (REPO_ROOT / "configs" / "hydra" / "launcher").glob("*.yaml"))
 
 
@@ -54,17 +58,14 @@ def test_every_launcher_config_builds_its_launcher(launcher):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, mnist_raw_root) -> Path:
-    """Run the sweep once; returns the folder holding runs/table1."""
+    """Run the sweep once (its callback generates each dataset once, before the jobs); returns the folder holding
+    runs/table1."""
     root = tmp_path_factory.mktemp("sweep")
-    paths = {"data_dir": str(root / "data"), "mnist_source": str(mnist_raw_root)}
-    # Generate each dataset once here, rather than twice at the same time in two jobs.
-    for data in DATASETS:
-        load_splits(compose_train([f"data={data}", *(f"paths.{k}={v}" for k, v in paths.items())]).data)
     env = {
         **os.environ,
         "STN_RUNS_DIR": str(root / "runs"),
-        "STN_DATA_DIR": paths["data_dir"],
-        "MNIST_SOURCE": paths["mnist_source"],
+        "STN_DATA_DIR": str(root / "data"),
+        "MNIST_SOURCE": str(mnist_raw_root),
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
     }
@@ -81,7 +82,7 @@ def sweep(tmp_path_factory, mnist_raw_root) -> Path:
 
 
 def result(sweep: Path, data: str, model: str) -> dict:
-    return json.loads((sweep / "runs" / "table1" / data / model / "seed0" / "result.json").read_text())
+    return json.loads((sweep / "runs" / "table1" / RECIPE / data / model / "seed0" / "result.json").read_text())
 
 
 @pytest.mark.slow
@@ -106,11 +107,11 @@ def test_table_from_the_result_files(sweep, tmp_path):
     markdown = (tmp_path / "table1.md").read_text()
     fcn_r = result(sweep, "mnist_r", "fcn")
     assert f"{fcn_r['test_error']:.2f} (n=1)<br>paper 2.1, Δ {fcn_r['test_error'] - 2.1:+.2f}" in markdown
-    assert "budget: smoke (20 iterations)" in markdown
+    assert "20 iterations x 32 = 0.00M samples" in markdown and "one fixed distorted training set" in markdown
     assert "Not counted (1 runs):\n- st_cnn_aff on RTS seed 0: failed — InstantiationException" in markdown
     rows = (tmp_path / "table1.csv").read_text().splitlines()
     st_rts = next(row for row in rows if row.startswith("st_cnn_aff,RTS,"))
-    assert st_rts == "st_cnn_aff,RTS,0.5,,,,,,,"  # the failed run leaves the cell empty
+    assert st_rts == "st_cnn_aff,RTS,0.5,,,,,,,,,"  # the failed run leaves the cell empty
     assert (tmp_path / "table1.tex").exists()
 
 
@@ -121,7 +122,7 @@ def test_table_from_the_offline_wandb_runs_has_the_same_numbers(sweep, tmp_path)
     results_main(["table1", "--runs", runs, "--source", "wandb", "--out", str(tmp_path / "wandb")])
     local_csv = (tmp_path / "local" / "table1.csv").read_text()
     assert (tmp_path / "wandb" / "table1.csv").read_text() == local_csv
-    assert local_csv.count(",smoke,0") == 3  # the three finished runs
+    assert local_csv.count("20 iterations x 32") == 3  # the three finished runs
 
 
 @pytest.mark.slow
@@ -154,9 +155,91 @@ def test_smoke_sweep_over_all_40_dataset_model_pairs(tmp_path, mnist_raw_root):
     assert len(datasets) * len(models) == 40
     for data in datasets:
         for model in models:
-            record = json.loads((tmp_path / "runs" / "table1" / data / model / "seed0" / "result.json").read_text())
+            run_dir = tmp_path / "runs" / "table1" / RECIPE / data / model / "seed0"
+            record = json.loads((run_dir / "result.json").read_text())
             assert record["status"] == "finished", (data, model, record.get("error"))
             assert record["iterations"] == 20 and 0.0 <= record["test_error"] <= 100.0
     results_main(["table1", "--runs", str(tmp_path / "runs" / "table1"), "--out", str(tmp_path / "tables")])
     rows = list(csv.DictReader((tmp_path / "tables" / "table1.csv").open()))
-    assert len(rows) == 40 and all(row["n"] == "1" and row["mean"] and row["budget"] == "smoke" for row in rows)
+    assert len(rows) == 40
+    assert all(row["n"] == "1" and row["mean"] and "20 iterations x 32" in row["recipe"] for row in rows)
+
+
+def run_table1_sweep(cwd: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -m stn.train experiment=table1 budget=smoke <overrides>` in `cwd`, the paths set by the overrides
+    only (STN_* and MNIST_SOURCE of this environment are dropped)."""
+    dropped = ("STN_RUNS_DIR", "STN_DATA_DIR", "MNIST_SOURCE")
+    own = {key: value for key, value in os.environ.items() if key not in dropped}
+    command = [sys.executable, "-m", "stn.train", "experiment=table1", "budget=smoke", *overrides]
+    return subprocess.run(command, cwd=cwd, env={**own, **env}, capture_output=True, text=True, timeout=300)
+
+
+def test_a_sweep_without_mnist_stops_before_its_first_job_with_one_error(tmp_path):
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    # No network: urllib (torchvision's downloader) goes through this proxy, where nothing listens.
+    offline = {f"{name}{suffix}": "http://127.0.0.1:9" for name in ("http", "https") for suffix in ("_proxy", "_PROXY")}
+    offline |= {"no_proxy": "", "NO_PROXY": ""}
+    grid = ["data=mnist_r,mnist_rts", "model=fcn,cnn", "seed=0,1"]
+    paths = [f"paths.data_dir={data}", "paths.mnist_source=null", f"paths.runs_dir={runs}"]
+    done = run_table1_sweep(tmp_path, *grid, *paths, **offline)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert "sweep: 8 jobs, 0 already finished" in output
+    assert output.count("could not be downloaded") == 1  # once for the sweep, not once per job
+    assert f"MNIST is not in {data / 'MNIST' / 'raw'}" in output and "MNIST_SOURCE" in output  # where, and how
+    assert "Traceback" not in output
+    assert not runs.exists()  # no job ran: no run folder, no result.json
+
+
+@pytest.mark.slow
+def test_sweep_reports_progress_lists_failed_jobs_and_counts_resumed_runs(tmp_path, mnist_raw_root):
+    # Two jobs: seed 0 trains, seed -1 fails for real (the trainer refuses a negative seed).
+    paths = [f"paths.data_dir={tmp_path / 'data'}", f"paths.mnist_source={mnist_raw_root}"]
+    args = ["data=mnist_r", "model=fcn", "seed=0,-1", *paths, f"paths.runs_dir={tmp_path / 'runs'}"]
+    failed_dir = tmp_path / "runs" / "table1" / RECIPE / "mnist_r" / "fcn" / "seed-1"
+    first = run_table1_sweep(tmp_path, *args)
+    out = first.stdout
+    assert first.returncode == 0, out[-3000:] + first.stderr[-3000:]  # a failed job does not fail the sweep
+    assert out.count("sweep: generating mnist_r once") == 1
+    job_0, progress_1 = out.index("#0 : data=mnist_r"), out.index("sweep: 1/2 done (1 finished, 0 failed), 1 remaining")
+    job_1, progress_2 = out.index("#1 : data=mnist_r"), out.index("sweep: 2/2 done (1 finished, 1 failed), 0 remaining")
+    assert out.index("sweep: generating") < job_0 < progress_1 < job_1 < progress_2
+    assert re.search(r"1 remaining, ETA \d+:\d\d:\d\d\n", out)
+    assert "sweep ended: 1 finished, 1 failed, 0 without a result, of 2 jobs" in out
+    assert f"failed: {failed_dir}: ValueError: seed must be a non-negative integer, got -1" in out
+
+    # Rerun: the finished job is done from the start, the failed one only once retried (it fails again).
+    second = run_table1_sweep(tmp_path, *args)
+    out = second.stdout
+    assert second.returncode == 0 and "sweep: 2 jobs, 1 already finished" in out and "generating" not in out
+    assert "sweep: 1/2 done (1 finished, 0 failed), 1 remaining\n" in out  # no ETA: no job ran yet
+    assert "sweep: 2/2 done (1 finished, 1 failed), 0 remaining" in out
+
+
+def test_sweep_progress_reports_a_damaged_result_as_a_failure(tmp_path):
+    callback = SweepCallback()
+    callback.run_dirs = [tmp_path / name for name in ("finished", "failed", "damaged", "running")]
+    write_result({"status": "finished"}, tmp_path / "finished")
+    write_result({"status": "failed", "error": "InstantiationException: one\ntwo"}, tmp_path / "failed")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "result.json").write_text('{"status": "fini')
+    finished, failed, pending = callback.tally()
+    assert finished == [tmp_path / "finished"] and pending == [tmp_path / "running"]
+    assert failed[0] == (tmp_path / "failed", "InstantiationException: one two")  # one line per job
+    assert failed[1][0] == tmp_path / "damaged" and "result.json is damaged" in failed[1][1]
+
+
+def test_figures_without_runs_say_so_and_draw_nothing(tmp_path, capsys):
+    out = tmp_path / "figure.png"
+    (tmp_path / "empty").mkdir()
+    for runs in (tmp_path / "missing", tmp_path / "empty"):
+        figures_main(["table1", "--runs", str(runs), "--out", str(out)])  # returns: exit status 0, no traceback
+        printed = capsys.readouterr().out
+        assert f"no runs yet in {runs}" in printed and "make reproduce-table1" in printed
+    # After a sweep whose every job failed (the table step lists them):
+    failed = {"status": "failed", "column": "R", "model": "st_cnn_aff", "seed": 0, "error": "MnistNotFoundError: ..."}
+    write_result(failed, tmp_path / "failed" / "table1" / "st_cnn_aff")
+    figures_main(["table1", "--runs", str(tmp_path / "failed" / "table1"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "no finished spatial-transformer run of R, RTS, P, E among the 1 runs in" in printed
+    assert not out.exists()

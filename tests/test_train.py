@@ -71,7 +71,7 @@ def test_smoke_training_writes_a_valid_result_and_a_rerun_is_a_no_op(overrides):
     cfg = config(*overrides, "model=st_cnn_aff", "seed=2")
     result = train(cfg)
     run_dir = Path(cfg.run_dir)
-    assert run_dir == Path(cfg.paths.runs_dir) / "adhoc" / "mnist_rts" / "st_cnn_aff" / "seed2"
+    assert run_dir == Path(cfg.paths.runs_dir) / "adhoc" / "sgd_table1-smoke" / "mnist_rts" / "st_cnn_aff" / "seed2"
     on_disk = json.loads((run_dir / "result.json").read_text())
     assert on_disk == result
     assert RESULT_KEYS <= set(result)
@@ -209,3 +209,21 @@ def test_short_rts_training_learns(overrides):
     result = train(cfg)
     assert result["test_error"] < 40.0
     assert result["val_history"][-1][1] < result["val_history"][0][1]
+
+
+def test_a_damaged_checkpoint_fails_the_run_clearly_and_deleting_it_restarts_the_run(overrides):
+    from stn.checkpoint import DamagedFileError
+    from stn.results import run_sweep_job
+
+    cfg = config(*overrides, "model=fcn")
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04" + bytes(60))  # a zip's first bytes, the rest lost
+    with pytest.raises(DamagedFileError, match=r"checkpoint\.pt is damaged .* Delete it"):
+        run_sweep_job(train, cfg, run_dir)
+    failure = json.loads((run_dir / "result.json").read_text())
+    assert failure["status"] == "failed" and str(run_dir / "checkpoint.pt") in failure["error"]
+    assert "weights_only" not in failure["traceback"]  # torch's advice to unpickle anything is not passed on
+    (run_dir / "checkpoint.pt").unlink()
+    result = train(cfg)
+    assert result["status"] == "finished" and result["iterations"] == 20

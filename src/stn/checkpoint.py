@@ -21,6 +21,10 @@ CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 
 
+class DamagedFileError(ValueError):
+    """A run's checkpoint.pt or result.json exists but cannot be read; the message says what to do."""
+
+
 def save_checkpoint(state: dict[str, Any], run_dir: Path) -> None:
     with atomic_path(run_dir / CHECKPOINT) as temporary:
         torch.save(state, temporary)
@@ -29,7 +33,19 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path) -> None:
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     """The run's checkpoint (tensors on the CPU), or None when it has none yet."""
     path = run_dir / CHECKPOINT
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:  # not damaged: torch's error says so
+        raise
+    except Exception as error:  # torch raises all sorts (RuntimeError, UnpicklingError, EOFError, OSError, ...)
+        # `from None`: torch's own message advises weights_only=False, i.e. running whatever the file holds.
+        raise DamagedFileError(
+            f"{path} is damaged or not a checkpoint of this code ({type(error).__name__}): the run cannot resume "
+            f"from it. Delete it (and the run's {RESULT}, if the run had finished) and rerun the same command: the "
+            f"run restarts from scratch."
+        ) from None
 
 
 def write_result(result: dict[str, Any], run_dir: Path) -> None:
@@ -38,8 +54,17 @@ def write_result(result: dict[str, Any], run_dir: Path) -> None:
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
+    """The run's result record, or None when it has none yet."""
     path = run_dir / RESULT
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:  # invalid JSON or not UTF-8
+        raise DamagedFileError(
+            f"{path} is damaged ({error}). Delete it and rerun the same command: the run resumes from its "
+            f"{CHECKPOINT} (a finished run is evaluated again), or restarts from scratch without one."
+        ) from None
 
 
 def load_model(run_dir: Path | str, device: str | torch.device = "cpu") -> nn.Module:

@@ -217,6 +217,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         models[column] = model
     if args.digits < 1:
         parser.error(f"--digits must be at least 1, got {args.digits}")
+    # Nothing to draw is a state (before the sweep, or after one whose runs all failed), not an error.
+    results = load_local_results(args.runs)
+    if not results:
+        print(f"no runs yet in {args.runs}: make them with `make reproduce-table1` (see README.md); no figure drawn")
+        return
+    if not any(pick_figure_run(results, column, models.get(column, "")) for column in args.columns):
+        print(
+            f"no finished spatial-transformer run of {', '.join(args.columns)} among the {len(results)} runs in "
+            f"{args.runs} (`python -m stn.results table1 --runs {args.runs}` lists the failed ones); no figure drawn"
+        )
+        return
     write_atomic(args.out, figure_png(table1_figure(args.runs, args.columns, args.digits, models)))
     print(f"wrote {args.out}")
 

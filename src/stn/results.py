@@ -1,10 +1,12 @@
 """Per-run result files, reading them back (from disk or W&B), and Table 1 rendered against the paper.
 
     python -m stn.results table1 [--runs runs/table1] [--source local|wandb] [--wandb-path ENTITY/PROJECT]
-                                 [--budget NAME] [--paper results/paper/table1.csv] [--out results]
+                                 [--recipe NAME] [--name table1] [--missing TEXT] [--out results]
 
-writes results/table1.md, .csv and .tex: for each model x column the paper's % test error, ours as mean ± std
-over seeds (with n), and the difference; a cell without runs shows "—". Only runs with status "finished" count.
+writes results/<name>.md, .csv and .tex: for each model x column the paper's % test error, ours as mean ± std
+over seeds (with n), and the difference; a cell without runs shows "—" (or --missing, e.g. "GPU", where the paper
+has a number). The caption names the training recipe (optimiser, schedule, samples, fixed or fresh data); one cell
+never averages runs of different recipes. Only runs with status "finished" count.
 """
 
 from __future__ import annotations
@@ -288,16 +290,73 @@ def load_paper_table(path: Path) -> tuple[list[str], dict[str, dict[str, float |
     return columns, table
 
 
+PAPER_SAMPLES = 150_000 * 256  # Table 1's training samples per run [appendix]
+
+
+def recipe_name(record: Mapping[str, Any]) -> str:
+    """The recipe folder name of a run (configs/train.yaml's `recipe`: optim name - budget name)."""
+    config = record.get("config") or {}
+    return config.get("recipe") or f"{config.get('optim', {}).get('name', '?')}-{record.get('budget')}"
+
+
+def _schedule_words(optim: Mapping[str, Any]) -> str:
+    kind, warmup = optim.get("lr_schedule", "step"), float(optim.get("lr_warmup", 0.0))
+    if kind == "cosine":
+        words = "cosine decay to 0"
+    else:
+        milestones = ", ".join(f"{m:.0%}" for m in optim.get("lr_milestones") or [])
+        words = f"x{optim.get('lr_gamma', 0.1):g} at {milestones} of the budget" if milestones else "constant lr"
+    return f"{warmup:.0%} linear warm-up, {words}" if warmup else words
+
+
+def recipe_of(record: Mapping[str, Any]) -> str:
+    """A run's training recipe in words: optimiser, lr schedule, samples seen and the training data stream."""
+    config = record.get("config") or {}
+    optim, budget = config.get("optim"), config.get("budget")
+    if not optim or not budget:  # a record without its config (e.g. from an old W&B run): the budget is all we know
+        return f"budget {record.get('budget')}"
+    optimizer = optim["optimizer"]
+    words = [f"{optimizer['_target_'].rsplit('.', 1)[-1]} lr {optimizer['lr']:g}"]
+    if optimizer.get("momentum") is not None:
+        words.append(f"{'Nesterov ' if optimizer.get('nesterov') else ''}momentum {optimizer['momentum']:g}")
+    words.append(f"weight decay {optimizer.get('weight_decay') or 0:g}")
+    if optim.get("loc_lr_mult", 1.0) != 1.0:
+        words.append(f"loc-net lr x{optim['loc_lr_mult']:g}")
+    words.append(_schedule_words(optim))
+    samples = budget["iterations"] * budget["batch_size"]
+    words.append(
+        f"{budget['iterations']:,} iterations x {budget['batch_size']} = {samples / 1e6:.2f}M samples "
+        f"({samples / PAPER_SAMPLES:.0%} of the paper's {PAPER_SAMPLES / 1e6:.1f}M)"
+    )
+    redraw = (config.get("data") or {}).get("redraw_train")
+    words.append("fresh training distortions every epoch" if redraw else "one fixed distorted training set")
+    return ", ".join(words)
+
+
+def run_command(record: Mapping[str, Any]) -> str | None:
+    """The command line that made a local run: its Hydra overrides (saved beside result.json by Hydra)."""
+    path = record.get("path", "")
+    overrides = Path(path).parent / "hydra" / ".hydra" / "overrides.yaml"
+    if not path or path.startswith("wandb:") or not overrides.is_file():
+        return None
+    words = [str(word) for word in OmegaConf.load(overrides) if not str(word).startswith(("paths.", "hydra/"))]
+    return "python -m stn.train " + " ".join(words)
+
+
 @dataclass
 class Cell:
-    """One model x column: the paper's number and ours over seeds."""
+    """One model x column: the paper's number and ours over seeds (all of one recipe)."""
 
     paper: float | None
     errors: list[float] = field(default_factory=list)  # % test error, one per seed
     seeds: list[int] = field(default_factory=list)
     params: int | None = None
-    budget: str | None = None
+    recipe: str | None = None
     iterations: int | None = None
+    samples: int | None = None  # training samples per run
+    wall_times: list[float] = field(default_factory=list)  # s per run
+    devices: set[str] = field(default_factory=set)
+    commands: list[str] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -322,24 +381,27 @@ class Table:
     columns: list[str]
     models: list[str]
     cells: dict[tuple[str, str], Cell]
-    budgets: list[str]
+    recipes: list[str]
     not_counted: list[dict[str, Any]]  # failed / unfinished runs, listed under the table
     commits: list[str]
+    missing: str = "—"  # what a cell the paper reports but we have not run shows (e.g. "GPU")
 
 
 def build_table(
     records: Iterable[Mapping[str, Any]],
     columns: list[str],
     paper: Mapping[str, Mapping[str, float | None]],
-    budget: str | None = None,
+    recipe: str | None = None,
+    missing: str = MISSING,
 ) -> Table:
-    """Group finished runs by (model, column); mixing budgets in one cell is an error unless `budget` picks one."""
+    """Group finished runs by (model, column); mixing recipes in one cell is an error unless `recipe` (a recipe
+    folder name, e.g. fast-fast or sgd_table1-paper) picks one."""
     cells = {(model, column): Cell(paper[model][column]) for model in paper for column in columns}
     models = list(paper)
     not_counted, commits = [], set()
     for record in records:
         where = record.get("path", "?")
-        if budget is not None and record.get("budget") != budget:
+        if recipe is not None and recipe_name(record) != recipe:
             continue
         if record.get("status") != "finished":
             not_counted.append(dict(record))
@@ -356,20 +418,29 @@ def build_table(
                 f"{where}: a second finished run of {model} on {column} with seed {record['seed']}; "
                 "keep one (use a fresh runs folder / W&B group per sweep)"
             )
-        if cell.budget is not None and record["budget"] != cell.budget:
+        words = recipe_of(record)
+        if cell.recipe is not None and words != cell.recipe:
             raise ValueError(
-                f"{where}: {model} on {column} mixes budgets {cell.budget!r} and {record['budget']!r}; "
-                "pass --budget to pick one"
+                f"{where}: {model} on {column} mixes recipes ({cell.recipe}) and ({words}); pass --recipe to pick one"
             )
         if not isinstance(record.get("test_error"), int | float) or not math.isfinite(record["test_error"]):
             raise ValueError(f"{where}: finished run without a finite test_error ({record.get('test_error')!r})")
         cell.errors.append(float(record["test_error"]))
         cell.seeds.append(record["seed"])
-        cell.budget, cell.params, cell.iterations = record["budget"], record.get("params"), record.get("iterations")
+        cell.recipe, cell.params, cell.iterations = words, record.get("params"), record.get("iterations")
+        budget = (record.get("config") or {}).get("budget") or {}
+        cell.samples = budget.get("batch_size", 0) * (record.get("iterations") or 0) or None
+        if isinstance(record.get("wall_time_s"), int | float):
+            cell.wall_times.append(float(record["wall_time_s"]))
+        if record.get("device"):
+            cell.devices.add(str(record["device"]))
+        command = run_command(record)
+        if command:
+            cell.commands.append(command)
         if record.get("git_commit"):
             commits.add(record["git_commit"][:10] + ("+dirty" if record.get("git_dirty") else ""))
-    budgets = sorted({cell.budget for cell in cells.values() if cell.budget})
-    return Table(columns, models, cells, budgets, not_counted, sorted(commits))
+    recipes = sorted({cell.recipe for cell in cells.values() if cell.recipe})
+    return Table(columns, models, cells, recipes, not_counted, sorted(commits), missing)
 
 
 def display_name(model: str) -> str:
@@ -421,17 +492,17 @@ def params_label(table: Table, model: str) -> str:
 
 
 def caption(table: Table) -> str:
-    iterations = sorted({cell.iterations for cell in table.cells.values() if cell.iterations})
-    budget = ", ".join(table.budgets) or "no finished runs"
-    text = (
-        "Table 1 — distorted MNIST, % test error. Ours: mean ± sample std over seeds (n = number of seeds), "
-        f"budget: {budget}"
-    )
-    if iterations:
-        text += f" ({', '.join(f'{i:,}' for i in iterations)} iterations)"
-    if len(table.budgets) > 1:
-        text += " — budgets differ between cells, see the CSV's budget column"
-    text += "; paper: mean of 3 seeds; Δ = ours - paper; — = no finished run / not reported."
+    text = "Table 1 — distorted MNIST, % test error. Ours: mean ± sample std over seeds (n = number of seeds)"
+    if len(table.recipes) == 1:
+        text += f"; recipe: {table.recipes[0]}"
+    elif table.recipes:
+        text += "; recipes differ between cells (see the per-cell list and the CSV's recipe column)"
+    else:
+        text += "; no finished runs"
+    text += "; paper: mean of 3 seeds; Δ = ours - paper; — = no finished run / not reported"
+    if table.missing != MISSING:
+        text += f"; {table.missing} = reported by the paper, not run here (see the command below the table)"
+    text += "."
     if table.commits:
         text += f" Code: {', '.join(table.commits)}."
     return text
@@ -445,6 +516,40 @@ def _not_counted_lines(table: Table) -> list[str]:
     ]
 
 
+def _markdown_cell(table: Table, cell: Cell) -> str:
+    if cell.mean is None and cell.paper is not None and table.missing != MISSING:
+        return f"{table.missing}<br>{versus_paper(cell)}"
+    return "<br>".join(part for part in (format_ours(cell), versus_paper(cell)) if part) or MISSING
+
+
+def format_minutes(seconds: Sequence[float]) -> str:
+    return f"{statistics.fmean(seconds) / 60:.1f} min" if seconds else MISSING
+
+
+def _per_cell_lines(table: Table) -> list[str]:
+    """Every cell with runs: the numbers, what they cost, where they ran and the command that made them."""
+    rows = [(model, column, table.cells[model, column]) for model in table.models for column in table.columns]
+    rows = [row for row in rows if row[2].n]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| Model | Column | Paper | Ours | Δ | Samples / run | Wall time / run | Device | Command |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for model, column, cell in rows:
+        commands = sorted(set(cell.commands))
+        lines.append(
+            f"| {display_name(model)} | {column} | {format_number(cell.paper, digits=1)} | {format_ours(cell)} "
+            f"| {format_number(cell.diff, signed=True)} "
+            f"| {f'{cell.samples / 1e6:.2f}M' if cell.samples else MISSING} | {format_minutes(cell.wall_times)} "
+            f"| {', '.join(sorted(cell.devices)) or MISSING} | {'<br>'.join(f'`{c}`' for c in commands) or MISSING} |"
+        )
+    if len(table.recipes) > 1:
+        lines += ["", "Recipes:", *(f"- {recipe}" for recipe in table.recipes)]
+    return lines
+
+
 def render_markdown(table: Table) -> str:
     header = ["Model", "Params", *table.columns]
     lines = [f"**{caption(table)}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -452,8 +557,9 @@ def render_markdown(table: Table) -> str:
         row = [display_name(model), params_label(table, model)]
         for column in table.columns:
             cell = table.cells[model, column]
-            row.append("<br>".join(part for part in (format_ours(cell), versus_paper(cell)) if part) or MISSING)
+            row.append(_markdown_cell(table, cell))
         lines.append("| " + " | ".join(row) + " |")
+    lines += _per_cell_lines(table)
     if table.not_counted:
         lines += ["", f"Not counted ({len(table.not_counted)} runs):", *_not_counted_lines(table)]
     return "\n".join(lines) + "\n"
@@ -462,12 +568,23 @@ def render_markdown(table: Table) -> str:
 def render_csv(table: Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "column", "paper", "mean", "std", "n", "diff", "params", "budget", "seeds"])
+    writer.writerow(
+        ["model", "column", "paper", "mean", "std", "n", "diff", "params", "samples", "wall_time_s", "seeds", "recipe"]
+    )
     for model in table.models:
         for column in table.columns:
             cell = table.cells[model, column]
-            values = (cell.paper, cell.mean, cell.std, cell.n or None, cell.diff, cell.params, cell.budget)
-            writer.writerow([model, column, *("" if v is None else v for v in values), " ".join(map(str, cell.seeds))])
+            wall = statistics.fmean(cell.wall_times) if cell.wall_times else None
+            values = (cell.paper, cell.mean, cell.std, cell.n or None, cell.diff, cell.params, cell.samples, wall)
+            writer.writerow(
+                [
+                    model,
+                    column,
+                    *("" if v is None else v for v in values),
+                    " ".join(map(str, cell.seeds)),
+                    cell.recipe or "",
+                ]
+            )
     return buffer.getvalue()
 
 
@@ -499,14 +616,59 @@ def render_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table1(table: Table, out_dir: Path) -> list[Path]:
-    """results/table1.md, .csv and .tex, each written atomically."""
+def write_table1(table: Table, out_dir: Path, name: str = "table1") -> list[Path]:
+    """results/<name>.md, .csv and .tex, each written atomically."""
     paths = []
     for suffix, render in (("md", render_markdown), ("csv", render_csv), ("tex", render_latex)):
-        path = Path(out_dir) / f"table1.{suffix}"
+        path = Path(out_dir) / f"{name}.{suffix}"
         write_atomic(path, render(table))
         paths.append(path)
     return paths
+
+
+# --- Comparisons of recipes (the evidence behind a default) --------------------------------------------------
+
+
+def arm_of(record: Mapping[str, Any]) -> str:
+    """The arm of a comparison a run belongs to: its experiment name and recipe folder."""
+    return f"{record.get('experiment')}/{recipe_name(record)}"
+
+
+def render_comparison(
+    records: Iterable[Mapping[str, Any]], title: str, common: bool = False, note: str | None = None
+) -> str:
+    """A markdown table: one row per (column, model), one column per arm (experiment/recipe), each cell the mean
+    ± sample std of the finished runs' % test error (n seeds), followed by each arm's recipe and commands.
+    With `common`, only the rows every arm has runs of."""
+    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
+    arms: dict[str, tuple[set[str], set[str], list[float]]] = {}
+    for record in records:
+        if record.get("status") != "finished":
+            continue
+        arm = arm_of(record)
+        recipes, commands, walls = arms.setdefault(arm, (set(), set(), []))
+        recipes.add(recipe_of(record))
+        command = run_command(record)
+        if command:
+            commands.add(command)
+        walls.append(float(record.get("wall_time_s") or 0.0))
+        cells.setdefault((record["column"], record["model"]), {}).setdefault(arm, []).append(record["test_error"])
+    names = sorted(arms)
+    lines = [f"**{title}** (% test error: mean ± sample std over seeds, n = seeds)", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["| Column | Model | " + " | ".join(f"`{a}`" for a in names) + " |", "|---|---|" + "---:|" * len(names)]
+    for (column, model), by_arm in sorted(cells.items()):
+        if common and len(by_arm) < len(names):
+            continue
+        values = [format_ours(Cell(None, by_arm.get(arm, []))) for arm in names]
+        lines.append(f"| {column} | {display_name(model)} | " + " | ".join(values) + " |")
+    lines += ["", "Arms:"]
+    for arm in names:
+        recipes, commands, walls = arms[arm]
+        lines.append(f"- `{arm}`: {'; '.join(sorted(recipes))} (mean wall time per run {format_minutes(walls)})")
+        lines += [f"  - `{command}`" for command in sorted(commands)]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -516,14 +678,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     table1.add_argument("--runs", type=Path, default=Path("runs/table1"), help="the sweep's runs folder")
     table1.add_argument("--source", choices=("local", "wandb"), default="local", help="result.json files or W&B runs")
     table1.add_argument("--wandb-path", help="ENTITY/PROJECT to read online W&B runs (group = the runs folder name)")
-    table1.add_argument("--budget", help="count only runs of this budget (paper, quick, smoke)")
+    table1.add_argument("--recipe", help="count only runs of this recipe folder (e.g. fast-fast, sgd_table1-paper)")
+    table1.add_argument("--name", default="table1", help="output file name (without suffix)")
+    table1.add_argument("--missing", default=MISSING, help='what an unrun cell the paper reports shows (e.g. "GPU")')
     table1.add_argument("--paper", type=Path, default=Path("results/paper/table1.csv"))
     table1.add_argument("--out", type=Path, default=Path("results"))
+    compare = commands.add_parser("compare", help="compare the recipes (arms) of the runs under a folder")
+    compare.add_argument("--runs", type=Path, action="append", required=True, help="a runs folder (repeatable)")
+    compare.add_argument("--common", action="store_true", help="only the (column, model) rows that every arm has")
+    compare.add_argument("--title", required=True, help="the comparison's title")
+    compare.add_argument("--out", type=Path, help="markdown file to write (default: print)")
+    compare.add_argument("--note", help="a paragraph printed under the title (e.g. the machine and its load)")
     args = parser.parse_args(argv)
 
+    if args.command == "compare":
+        records = [record for runs in args.runs for record in load_local_results(runs)]
+        text = render_comparison(records, args.title, args.common, args.note)
+        if args.out:
+            write_atomic(args.out, text)
+            print(f"wrote {args.out}")
+        else:
+            print(text, end="")
+        return
     columns, paper = load_paper_table(args.paper)
-    table = build_table(load_results(args.source, args.runs, args.wandb_path), columns, paper, args.budget)
-    for path in write_table1(table, args.out):
+    records = load_results(args.source, args.runs, args.wandb_path)
+    table = build_table(records, columns, paper, args.recipe, args.missing)
+    for path in write_table1(table, args.out, args.name):
         print(f"wrote {path}")
     if table.not_counted:
         print(

@@ -1,6 +1,6 @@
 """The training loop: one function for every experiment (a data config + a model config + optim/budget configs).
 
-    python -m stn.train data=mnist_rts model=st_cnn_aff budget=quick seed=1
+    python -m stn.train data=mnist_rts model=st_cnn_aff optim=fast budget=fast seed=1
 
 A run lives in `run_dir` (checkpoint.pt, result.json, Hydra's config and log). Rerunning the same command resumes
 from the checkpoint (bit-identical to an uninterrupted run on the CPU) or, once finished, just reports the result.
@@ -37,8 +37,8 @@ from stn.transformers import SpatialTransformer
 log = logging.getLogger(__name__)
 
 # The config sections that make two runs the same run; compared unresolved, so moving the data or runs folder
-# (paths.*) does not matter, while any change of data, model, optimiser, budget or seed does.
-IDENTITY_KEYS = ("seed", "data", "model", "optim", "budget")
+# (paths.*) does not matter, while any change of data, model, optimiser, budget, seed or precision does.
+IDENTITY_KEYS = ("seed", "data", "model", "optim", "budget", "precision")
 BUDGET_COUNTS = ("iterations", "batch_size", "eval_every", "checkpoint_every", "log_every", "eval_batch_size")
 BUDGET_SUBSETS = ("train_subset", "val_subset", "test_subset")
 PANEL_IMAGES = 16  # validation images whose transformations the logger draws at each evaluation
@@ -75,19 +75,35 @@ def to_input(images: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
 
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA (the spatial transformer keeps theta and grids in float32); off on the CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+PRECISIONS = ("bf16", "fp32")
+
+
+def use_precision(precision: str, device: torch.device) -> None:
+    """Check cfg.precision and set the float32 matmul mode it implies: TF32 for fp32 on CUDA (the fast float32
+    path), full float32 otherwise (a bf16 run keeps its float32 theta and grids exact; the CPU is unchanged). Set
+    either way, as it is process-wide and one process may train several runs."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {PRECISIONS} (bf16: bf16 autocast on CUDA; fp32: float32 with TF32 matmuls "
+            f"on CUDA), got {precision!r}"
+        )
+    torch.set_float32_matmul_precision("high" if precision == "fp32" and device.type == "cuda" else "highest")
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast for precision bf16 on CUDA (the spatial transformer keeps theta and grids in float32); off for
+    fp32 and on the CPU, which always trains in float32 (its budgets were measured so)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
 
 
 @torch.no_grad()
-def error_percent(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> float:
+def error_percent(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, precision: str = "fp32") -> float:
     """Classification error (%) of `model` on uint8 images already on the model's device."""
     was_training = model.training
     model.eval()
     wrong = torch.zeros((), dtype=torch.int64, device=images.device)
     for start in range(0, len(images), batch_size):
-        with autocast(images.device):
+        with autocast(images.device, precision):
             logits = model(to_input(images[start : start + batch_size]))
         wrong += (logits.argmax(1) != labels[start : start + batch_size]).sum()
     model.train(was_training)
@@ -121,10 +137,40 @@ def epoch_batches(
         epoch, first = epoch + 1, 0
 
 
+SCHEDULES = ("step", "cosine")
+
+
+def lr_factor(optim: DictConfig, iterations: int) -> Callable[[int], float]:
+    """The lr multiplier after `step` optimiser steps: a linear warm-up over the first optim.lr_warmup of the
+    budget, then either the step schedule (x lr_gamma at each milestone) or a cosine decay to zero. Milestones and
+    warm-up are fractions of the budget, so shorter budgets keep the schedule's shape."""
+    kind = optim.get("lr_schedule", "step")
+    if kind not in SCHEDULES:
+        raise ValueError(f"optim.lr_schedule must be one of {SCHEDULES}, got {kind!r}")
+    warmup_fraction = float(optim.get("lr_warmup", 0.0))
+    if not 0 <= warmup_fraction < 1:
+        raise ValueError(f"optim.lr_warmup must be a fraction of the budget in [0, 1), got {warmup_fraction}")
+    fractions = list(optim.get("lr_milestones") or [])
+    if any(not 0 < f <= 1 for f in fractions) or fractions != sorted(fractions):
+        raise ValueError(f"optim.lr_milestones must be increasing fractions of the budget in (0, 1], got {fractions}")
+    warmup = round(warmup_fraction * iterations)
+    milestones = [round(f * iterations) for f in fractions]
+    gamma = float(optim.get("lr_gamma", 0.1))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if kind == "step":
+            return gamma ** sum(step >= m for m in milestones)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, iterations - warmup)))
+
+    return factor
+
+
 def build_optimizer(
     model: nn.Module, optim: DictConfig, iterations: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
-    """The optimiser (loc nets at loc_lr_mult x the base lr) and its step schedule (milestones: budget fractions)."""
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimiser (loc nets at loc_lr_mult x the base lr) and its lr schedule (see lr_factor)."""
     loc_params = [p for m in model.modules() if isinstance(m, SpatialTransformer) for p in m.localisation_parameters()]
     loc_ids = {id(p) for p in loc_params}
     groups = [{"params": [p for p in model.parameters() if id(p) not in loc_ids], "lr_mult": 1.0}]
@@ -133,11 +179,7 @@ def build_optimizer(
     optimizer = instantiate(optim.optimizer)(groups)
     for group in optimizer.param_groups:
         group["lr"] *= group["lr_mult"]
-    fractions = list(optim.lr_milestones)
-    if any(not 0 < f <= 1 for f in fractions) or fractions != sorted(fractions):
-        raise ValueError(f"optim.lr_milestones must be increasing fractions of the budget in (0, 1], got {fractions}")
-    milestones = [round(f * iterations) for f in fractions]
-    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=optim.lr_gamma)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(optim, iterations))
 
 
 def parameters_finite(model: nn.Module) -> bool:
@@ -159,13 +201,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if previous is not None and previous["status"] == "finished":  # a failed record is simply retried
         if previous.get("run_identity") != identity:
             raise ValueError(
-                f"{run_dir} holds a finished run of a different configuration (data/model/optim/budget/seed); "
-                f"set another experiment_name (or seed), or delete that folder to start over"
+                f"{run_dir} holds a finished run of a different configuration (data/model/optim/budget/seed/"
+                f"precision); set another experiment_name (or seed), or delete that folder to start over"
             )
         log.info("%s already finished: test error %.2f%%; nothing to do", run_dir, previous["test_error"])
         return previous
 
     device = pick_device(cfg.device)
+    use_precision(cfg.precision, device)
     splits = load_splits(cfg.data)
 
     def subset(images: Tensor, labels: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
@@ -195,8 +238,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if state is not None:
         if state["run_identity"] != identity:
             raise ValueError(
-                f"{run_dir}/checkpoint.pt belongs to a different configuration (data/model/optim/budget/seed); "
-                f"set another experiment_name (or seed), or delete that folder to start over"
+                f"{run_dir}/checkpoint.pt belongs to a different configuration (data/model/optim/budget/seed/"
+                f"precision); set another experiment_name (or seed), or delete that folder to start over"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -249,7 +292,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.train()
     try:
         for done, (x, y) in zip(range(start + 1, total + 1), batches, strict=False):
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 logits = step_model(x)
             loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -278,7 +321,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "train/images_per_s": images_per_s,
             }
             if evaluate:
-                val_error = error_percent(model, val_x, val_y, budget.eval_batch_size)
+                val_error = error_percent(model, val_x, val_y, budget.eval_batch_size, cfg.precision)
                 state["val_history"].append([done, val_error])
                 probe = val_x[:PANEL_IMAGES]
                 metrics |= {"val/error": val_error, **localisation_stats(model, to_input(probe))}
@@ -317,7 +360,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             loss_sum.zero_()
             window_start, mark = done, time.perf_counter()
         progress.close()
-        test_error = error_percent(model, test_x, test_y, budget.eval_batch_size)
+        test_error = error_percent(model, test_x, test_y, budget.eval_batch_size, cfg.precision)
         logger.log_metrics({"test/error": test_error}, step=total)
         result = record("finished", test_error=test_error)
     except Exception as error:

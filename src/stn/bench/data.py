@@ -3,6 +3,8 @@
     python -m stn.bench.data [--device auto|cpu|cuda] [--variants R RTS P E TC] [--subset 2000]
                              [--repeats 3] [--out results/bench] [override ...]
 
+Redraw: one epoch of `data.redraw_train=true`, i.e. stn.data.dataset.Redraw drawing fresh distortions of the 50k
+training digits on the device (what fresh training data costs per epoch, on top of the training step itself).
 Ours: sampling every parameter and rendering all 70k images of a variant (50k train + 10k val + 10k test
 digits) with stn.data.distortions.generate on the device, as `make data` and the per-epoch redraw do (no
 storage). Per-image: a straightforward torchvision.transforms.v2 pipeline applied to one uint8 image at a time
@@ -27,7 +29,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from stn.bench import save_report
-from stn.data.dataset import DataConfig
+from stn.data.dataset import DataConfig, Redraw
 from stn.data.distortions import DistortionSpec, generate
 from stn.data.make import VARIANTS, compose_config
 from stn.data.mnist import load_mnist
@@ -91,6 +93,20 @@ def time_ours(spec: DistortionSpec, digits: Tensor, device: torch.device, repeat
     return min(times)
 
 
+def time_redraw(cfg: DataConfig, train_digits: Tensor, device: torch.device, repeats: int) -> float:
+    """Best-of-`repeats` seconds for one epoch's redraw of the training digits (as the trainer calls it)."""
+    redraw = Redraw(cfg, train_digits)
+    redraw(0, device)  # warm-up: moves the digits to the device once, as in training
+    times = []
+    for epoch in range(1, repeats + 1):
+        _synchronise(device)
+        start = time.perf_counter()
+        redraw(epoch, device)
+        _synchronise(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def time_per_image(pipeline: Callable[[Tensor], Tensor], digits: Tensor, repeats: int) -> float:
     """Seconds per image of the per-image pipeline: the best of `repeats` blocks that split `digits`."""
     random.seed(0)
@@ -119,13 +135,14 @@ def render_markdown(rows: list[dict], args: argparse.Namespace, env: dict, devic
         f"CPU: {env['cpu']}; load average {args.load_before:.1f} before and {args.load_after:.1f} after "
         f"(other processes), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}.",
         "",
-        "| variant | canvas | ours: s / 70k | ours: images/s | per-image: s / 70k (extrapolated) | speed-up |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | canvas | ours: s / 70k | ours: images/s | per-image: s / 70k (extrapolated) | speed-up "
+        "| redraw: s / epoch (50k) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
             f"| {row['variant']} | {row['canvas']} | {row['ours_s']:.2f} | {TOTAL / row['ours_s']:,.0f} | "
-            f"{row['per_image_s_70k']:.1f} | {row['speedup']:.0f}x |"
+            f"{row['per_image_s_70k']:.1f} | {row['speedup']:.0f}x | {row['redraw_s']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -156,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         ours = time_ours(cfg.spec, digits, device, args.repeats)
         pipeline = per_image_pipeline(variant, cfg.spec, digits[:TRAIN])
         per_image_70k = time_per_image(pipeline, digits[: args.subset], args.repeats) * TOTAL
+        redraw = time_redraw(cfg, digits[:TRAIN], device, args.repeats)
         rows.append(
             {
                 "variant": variant,
@@ -163,11 +181,12 @@ def main(argv: list[str] | None = None) -> None:
                 "ours_s": ours,
                 "per_image_s_70k": per_image_70k,
                 "speedup": per_image_70k / ours,
+                "redraw_s": redraw,
             }
         )
         print(
             f"{variant}: ours {ours:.2f} s, per-image {per_image_70k:.1f} s (extrapolated), "
-            f"{per_image_70k / ours:.0f}x",
+            f"{per_image_70k / ours:.0f}x, redraw {redraw:.3f} s / epoch",
             flush=True,
         )
 

@@ -150,11 +150,13 @@ def table1_net(
     param_reference: Mapping,
     transform: str | None = None,
     loc_net: Mapping | None = None,
+    width: int | None = None,
 ) -> Table1Net:
     """Build a Table 1 model; its width is solved so its parameter count matches `param_reference`.
 
     param_reference = {classifier, width, pool}: the plain (transformer-free) net whose count every model of the
-    dataset matches, e.g. the CNN with 64 filters on the baseline-pooled input.
+    dataset matches, e.g. the CNN with 64 filters on the baseline-pooled input. A given `width` overrides the
+    solved one (for experiments on capacity; the model then no longer matches the others' parameter count).
     """
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
@@ -172,7 +174,10 @@ def table1_net(
             f"{dict(param_reference)}: raise the reference width or shrink the loc net"
         )
     in_shape = pooled_shape(input_shape, pool)
-    width = solve_width(classifier, in_shape, num_classes, ceil_mode, target - loc_params)
+    if width is None:
+        width = solve_width(classifier, in_shape, num_classes, ceil_mode, target - loc_params)
+    elif width < 1:
+        raise ValueError(f"width must be a positive integer (or null: solved from param_reference), got {width}")
     return Table1Net(
         input_shape, transformer, pool, classifier_net(classifier, in_shape, num_classes, width, ceil_mode), width
     )
