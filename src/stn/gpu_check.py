@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -52,7 +51,7 @@ from stn.data import load_splits
 from stn.models.params import CONFIG_DIR
 from stn.runinfo import REPO_ROOT, environment, git_state
 from stn.runtime import pick_device, seed_everything
-from stn.train import autocast, build_optimizer, epoch_batches, use_precision
+from stn.train import build_optimizer, epoch_batches, train_step, use_precision
 
 # Section -> weight: a section gets weight / (weights of the sections still to run) of the time left.
 SECTIONS = {"data": 1, "tests": 1, "runs": 3, "throughput": 5, "concurrency": 2, "projection": 0}
@@ -836,15 +835,7 @@ def measure(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, plan: P
     batches = epoch_batches(images, labels, plan.batch, 0, 0, None)
 
     def step() -> torch.Tensor:
-        x, y = next(batches)
-        with autocast(device, cfg.precision):
-            logits = step_model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        return loss
+        return train_step(step_model, optimizer, scheduler, *next(batches), cfg.precision)
 
     started = time.perf_counter()
     for _ in range(plan.warmup):

@@ -182,6 +182,25 @@ def build_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(optim, iterations))
 
 
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    x: Tensor,
+    y: Tensor,
+    precision: str,
+) -> Tensor:
+    """One optimisation step on a batch; returns the (float32) loss."""
+    with autocast(x.device, precision):
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss
+
+
 def parameters_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -292,13 +311,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.train()
     try:
         for done, (x, y) in zip(range(start + 1, total + 1), batches, strict=False):
-            with autocast(device, cfg.precision):
-                logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            loss = train_step(step_model, optimizer, scheduler, x, y, cfg.precision)
             loss_sum += loss.detach()
             evaluate = done % budget.eval_every == 0 or done == total
             checkpoint = done % budget.checkpoint_every == 0 or done == total

@@ -17,7 +17,7 @@ from tqdm import tqdm
 import stn
 from stn.data.distortions import DistortionSpec, generate
 from stn.data.mnist import MNIST_MD5, SPLIT_SIZES, MnistArrays, load_mnist
-from stn.data.store import read_verified, write_atomic
+from stn.data.store import ensure_stored, read_matching, write_atomic
 
 # Bump when a code change alters the generated data for an unchanged config: it is part of the file-name hash,
 # so old files are never reused by mistake.
@@ -170,17 +170,12 @@ def generate_dataset(cfg: DataConfig, progress: bool = True) -> Path:
 
 def ensure_dataset(cfg: DataConfig, progress: bool = True) -> Path:
     """The stored file for `cfg`, generated first if it does not exist (an existing file is left untouched)."""
-    if not cfg.path.exists():
-        generate_dataset(cfg, progress)
-    return cfg.path
+    return ensure_stored(cfg.path, lambda: generate_dataset(cfg, progress))
 
 
 def read_dataset(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     """Read and verify the stored file of `cfg` (it must exist)."""
-    arrays, attrs = read_verified(cfg.path)
-    if attrs.get("generation") != cfg.generation() or attrs.get("seed") != cfg.seed:
-        raise ValueError(f"{cfg.path} was generated with other parameters than the config asks for; delete it")
-    return arrays, attrs
+    return read_matching(cfg.path, cfg.generation(), cfg.seed)
 
 
 class Redraw:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import h5py
@@ -78,3 +78,18 @@ def _corrupt(path: Path, why: str) -> CorruptDatasetError:
         f"{path} is corrupted ({why}). Delete it and run again: it is regenerated from MNIST on the next "
         f"load (or with `python -m stn.data.make`)."
     )
+
+
+def ensure_stored(path: Path, build: Callable[[], object]) -> Path:
+    """`path`, built first by `build()` if it does not exist (an existing file is left untouched)."""
+    if not path.exists():
+        build()
+    return path
+
+
+def read_matching(path: Path, generation: Mapping, seed: int) -> tuple[Arrays, dict]:
+    """Read and verify (sha256) a stored set, and check that it was made with `generation` and `seed`."""
+    arrays, attrs = read_verified(path)
+    if attrs.get("generation") != generation or attrs.get("seed") != seed:
+        raise ValueError(f"{path} was made with other parameters than the config asks for; delete it")
+    return arrays, attrs

@@ -36,7 +36,7 @@ import stn
 from stn.atomic import write_atomic as write_text_atomic
 from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, file_digests, urls_under, verify_file
-from stn.data.store import read_verified, write_atomic
+from stn.data.store import ensure_stored, read_matching, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -561,17 +561,12 @@ def build_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
 
 def ensure_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
     """The stored file of `cfg`, built first if it does not exist (an existing file is left untouched)."""
-    if not cfg.path.exists():
-        build_dataset(cfg, progress)
-    return cfg.path
+    return ensure_stored(cfg.path, lambda: build_dataset(cfg, progress))
 
 
 def read_dataset(cfg: SvhnConfig) -> tuple[dict[str, np.ndarray], dict]:
     """Read and verify (sha256) the stored file of `cfg`."""
-    arrays, attrs = read_verified(cfg.path)
-    if attrs.get("generation") != cfg.generation() or attrs.get("seed") != cfg.seed:
-        raise ValueError(f"{cfg.path} was built with other parameters than the config asks for; delete it")
-    return arrays, attrs
+    return read_matching(cfg.path, cfg.generation(), cfg.seed)
 
 
 # ---------------------------------------------------------------- on-device crops
