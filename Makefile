@@ -110,22 +110,22 @@ evidence-table1: $(STAMP)
 	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast --runs $(RUNS)/evidence_fixed_data --common \
 	  --title "Training distortions: one fixed stored set vs fresh draws every epoch (fast recipe)" \
 	  --out results/evidence/table1_data_stream.md
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_momentum0 data=mnist_r model=fcn \
-	  seed=0,1,2 optim=sgd_table1 budget=paper optim.optimizer.momentum=0 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 data=mnist_tc model=fcn seed=0 $(RECIPE_ARGS_fast) paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_w256 data=mnist_tc,mnist_rts model=fcn \
+	  seed=0 $(RECIPE_ARGS_fast) model.net.width=256 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_60k data=mnist_tc,mnist_rts model=fcn \
+	  seed=0 $(RECIPE_ARGS_fast) budget.iterations=60000 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast --runs $(RUNS)/evidence_fcn_w256 \
+	  --runs $(RUNS)/evidence_fcn_60k --common \
+	  --title "The FCN on TC and RTS: training length (15k / 60k iterations) vs width (solved by the equal-parameter rule / 256)" \
+	  --out results/evidence/table1_fcn_length_width.md
 	$(PY) -m stn.train --multirun experiment=table1 data=mnist_r model=fcn seed=0,1,2 $(RECIPE_ARGS_paper) \
 	  paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_momentum0 data=mnist_r model=fcn \
+	  seed=0,1,2 $(RECIPE_ARGS_paper) optim.optimizer.momentum=0 paths.runs_dir=$(RUNS)
 	$(PY) -m stn.results compare --runs $(RUNS)/table1/sgd_table1-paper --runs $(RUNS)/evidence_momentum0 --common \
 	  --title "Momentum 0 vs 0.9 at the paper's schedule (150k x 256, lr 0.01 x0.1 at 50k/100k, fresh data)" \
 	  --out results/evidence/table1_momentum.md
-	$(PY) -m stn.train --multirun experiment=table1 data=mnist_tc model=fcn seed=0 $(RECIPE_ARGS_fast) paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_tc_fcn_60k data=mnist_tc model=fcn seed=0 \
-	  $(RECIPE_ARGS_fast) budget.iterations=60000 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_tc_fcn_w256 data=mnist_tc model=fcn seed=0 \
-	  $(RECIPE_ARGS_fast) model.net.width=256 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast --runs $(RUNS)/evidence_tc_fcn_60k \
-	  --runs $(RUNS)/evidence_tc_fcn_w256 --common \
-	  --title "TC: the FCN's training length (15k / 60k iterations) vs its width (73 solved / 256 hidden units)" \
-	  --out results/evidence/table1_tc_fcn.md
 
 figures: $(STAMP)
 	$(PY) -m stn.figures table1 --runs $(RUNS)/table1/$(RECIPE_FOLDER_$(RECIPE)) --out results/figures/table1_transformations.png

@@ -75,8 +75,8 @@ def read_verified(path: str | os.PathLike) -> tuple[Arrays, dict]:
 
 def _corrupt(path: Path, why: str) -> CorruptDatasetError:
     return CorruptDatasetError(
-        f"{path} is corrupted ({why}). Delete it and run again: it is regenerated from MNIST on the next "
-        f"load (or with `python -m stn.data.make`)."
+        f"{path} is corrupted ({why}). Delete it and run again: it is rebuilt from its source dataset on the "
+        f"next load (distorted MNIST also with `python -m stn.data.make`)."
     )
 
 
