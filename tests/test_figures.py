@@ -51,9 +51,9 @@ def test_grid_shows_where_the_transformer_samples(test_digits):
     assert samples.inputs.shape == (3, 28, 28) and samples.inputs.max() == 1.0
     # output[i, j] = input[j, 27 - i]: the input turned a quarter counter-clockwise on screen.
     rotated = torch.rot90(torch.from_numpy(samples.inputs), k=1, dims=(1, 2)).numpy()
-    np.testing.assert_allclose(samples.outputs, rotated, atol=1e-5)
+    np.testing.assert_allclose(samples.outputs[:, 0], rotated, atol=1e-5)  # its one transformer
     # The grid's top-left target point samples the input's top-right pixel, and so on round the corners.
-    grid = samples.grids[0]
+    grid = samples.grids[0, 0]
     last = 27.0 if ALIGN_CORNERS else 27.5
     np.testing.assert_allclose(
         [grid[0, 0], grid[0, -1], grid[-1, -1]], [[last, 27 - last], [last, last], [27 - last, last]], atol=1e-4
@@ -65,7 +65,7 @@ def test_grid_shows_where_the_transformer_samples(test_digits):
 def test_figure_groups_transformer_and_plain_models(test_digits):
     images, labels = test_digits
     st_samples = transformation_samples(build_model("st_cnn_proj"), images, labels)
-    np.testing.assert_allclose(st_samples.outputs, st_samples.inputs, atol=1e-5)  # untrained: the identity
+    np.testing.assert_allclose(st_samples.outputs[:, 0], st_samples.inputs, atol=1e-5)  # untrained: the identity
     plain = transformation_samples(build_model("fcn"), images[:2], labels[:2])
     assert plain.grids is None and plain.outputs is None
     figure = draw_transformations([("P: ST-CNN Proj", st_samples), ("R: FCN", plain)])

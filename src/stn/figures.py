@@ -1,5 +1,6 @@
 """Pictures of what a spatial transformer does, as in the right of the paper's Table 1: the input, the predicted
-sampling grid drawn on the input, the transformer's output and the predicted class.
+sampling grid drawn on the input, the transformer's output and the predicted class; every spatial transformer of a
+model that acts on the image is drawn (grey or RGB).
 
 One drawing serves both the W&B image panels logged during training and the paper-style figure built from
 trained runs (`python -m stn.figures table1 --runs runs/table1 --out results/figures/table1_transformations.png`).
@@ -23,8 +24,10 @@ from torch import Tensor, nn
 from stn.atomic import write_atomic
 from stn.checkpoint import load_model
 from stn.data import load_splits
-from stn.results import display_name, load_local_results
+from stn.results.runs import load_local_results
+from stn.results.tables import display_name
 from stn.runtime import ALIGN_CORNERS
+from stn.transformers import SpatialTransformer
 
 GRID_LINES = 5  # grid lines drawn per direction, border included (the paper draws a coarse grid)
 GRID_POINTS = 33  # points along each line, so bent (projective, TPS) grids are drawn smooth
@@ -37,13 +40,57 @@ TABLE1_FIGURE_MODELS = {"R": "st_cnn_aff", "RTS": "st_cnn_tps", "P": "st_cnn_pro
 
 @dataclass(frozen=True)
 class TransformationSamples:
-    """A few images pushed through a model; grids/outputs are None for a model without a transformer."""
+    """A few images pushed through a model; grids/outputs are None for a model without a transformer on its input.
+    Images are [.., H, W] (grey) or [.., H, W, 3] (RGB); T = the model's transformers that act on the image."""
 
-    inputs: np.ndarray  # [K, H, W] in [0, 1]
-    labels: np.ndarray  # [K]
-    predictions: np.ndarray  # [K]
-    grids: np.ndarray | None  # [K, GRID_POINTS, GRID_POINTS, 2]: source (x, y) in input pixels
-    outputs: np.ndarray | None  # [K, H', W'] in [0, 1]
+    inputs: np.ndarray  # [K, H, W(, 3)] in [0, 1]
+    labels: np.ndarray  # [K] (or [K, P] for sequences)
+    predictions: np.ndarray  # as labels
+    grids: np.ndarray | None  # [K, T, GRID_POINTS, GRID_POINTS, 2]: source (x, y) in input pixels
+    outputs: np.ndarray | None  # [K, T, H', W'(, 3)] in [0, 1]
+
+
+@dataclass(frozen=True)
+class TransformerCall:
+    """What one spatial transformer of a model did on a forward pass."""
+
+    name: str  # its name in model.named_modules()
+    module: SpatialTransformer
+    input: Tensor  # the image, or a feature map for a transformer deeper in the model
+    output: Tensor
+    theta: Tensor
+
+
+@torch.no_grad()
+def transformer_calls(model: nn.Module, inputs: Tensor) -> tuple[Tensor, list[TransformerCall]]:
+    """The model's output on float `inputs` (in eval mode) and what each of its SpatialTransformers did on that pass,
+    found among all its modules (one at the input, several in parallel, or deeper ones on feature maps)."""
+    transformers = [(name, m) for name, m in model.named_modules() if isinstance(m, SpatialTransformer)]
+    seen: dict[str, Tensor] = {}
+
+    def keep_input(name: str):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:  # returns None: the output is left as it is
+            seen.setdefault(name, args[0])
+
+        return hook
+
+    hooks = [module.register_forward_hook(keep_input(name)) for name, module in transformers]
+    was_training = model.training
+    model.eval()
+    try:
+        output = model(inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    try:
+        calls = [
+            TransformerCall(name, module, seen[name], *module(seen[name], return_theta=True))
+            for name, module in transformers
+            if name in seen
+        ]
+    finally:
+        model.train(was_training)
+    return output, calls
 
 
 def to_pixels(coords: Tensor, size: int) -> Tensor:
@@ -54,41 +101,49 @@ def to_pixels(coords: Tensor, size: int) -> Tensor:
 
 
 def images_to_inputs(images: Tensor) -> Tensor:
-    """uint8 images [K, 1, S, S] -> the float model input in [0, 1] the trainer feeds."""
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 1:
-        raise ValueError(f"expected uint8 images [K, 1, S, S], got {images.dtype} {tuple(images.shape)}")
+    """uint8 images [K, C, S, S] (C = 1 grey, 3 RGB) -> the float model input in [0, 1] the trainer feeds."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected uint8 images [K, 1 or 3, S, S], got {images.dtype} {tuple(images.shape)}")
     return images.float() / 255
 
 
+def _pictures(images: Tensor) -> np.ndarray:
+    """Float images [K, C, H, W] -> what imshow draws: [K, H, W] (grey) or [K, H, W, 3] (RGB), clamped to [0, 1]."""
+    images = images.float().clamp(0, 1).cpu()
+    return (images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1)).numpy()
+
+
+def _grid_pixels(call: TransformerCall) -> Tensor:
+    """The transformer's sampling grid in input pixel coordinates, [K, GRID_POINTS, GRID_POINTS, 2]."""
+    grid = call.module.transform.grid(call.theta, (GRID_POINTS, GRID_POINTS))
+    height, width = call.input.shape[-2:]
+    return torch.stack([to_pixels(grid[..., 0], width), to_pixels(grid[..., 1], height)], -1)
+
+
 @torch.no_grad()
-def transformation_samples(model: nn.Module, images: Tensor, labels: Tensor) -> TransformationSamples:
-    """Run `model` (and its `.transformer`, if any) on uint8 `images` in eval mode, keeping what to draw."""
+def transformation_samples(model: nn.Module, images: Tensor, labels: Tensor | tuple) -> TransformationSamples:
+    """Run `model` on uint8 `images` in eval mode, keeping what to draw of every transformer that acts on the image
+    (deeper ones transform feature maps, which have no picture). `labels` may be a split's targets tuple, whose
+    first tensor holds the labels."""
+    labels = labels[0] if isinstance(labels, tuple) else labels
     inputs = images_to_inputs(images).to(next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    try:
-        predictions = model(inputs).argmax(1)
-        transformer = getattr(model, "transformer", None)
-        grids = outputs = None
-        if transformer is not None:
-            output, theta = transformer(inputs, return_theta=True)
-            grid = transformer.transform.grid(theta, (GRID_POINTS, GRID_POINTS))
-            height, width = inputs.shape[-2:]
-            grids = torch.stack([to_pixels(grid[..., 0], width), to_pixels(grid[..., 1], height)], -1).cpu().numpy()
-            outputs = output[:, 0].float().clamp(0, 1).cpu().numpy()
-    finally:
-        model.train(was_training)
+    output, calls = transformer_calls(model, inputs)
+    on_image = [call for call in calls if call.input.shape == inputs.shape]
+    grids = outputs = None
+    if on_image:
+        grids = torch.stack([_grid_pixels(call) for call in on_image], 1).cpu().numpy()
+        outputs = np.stack([_pictures(call.output) for call in on_image], 1)
     return TransformationSamples(
-        inputs=inputs[:, 0].cpu().numpy(),
+        inputs=_pictures(inputs),
         labels=labels.cpu().numpy(),
-        predictions=predictions.cpu().numpy(),
+        predictions=output.argmax(-1).cpu().numpy(),
         grids=grids,
         outputs=outputs,
     )
 
 
 def _show(axis, image: np.ndarray) -> None:
-    axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")  # cmap is ignored for RGB
     axis.set_xticks([])
     axis.set_yticks([])
 
@@ -103,9 +158,14 @@ def _draw_grid(axis, grid: np.ndarray, image_shape: tuple[int, int]) -> None:
     axis.set_ylim(height - 0.5, -0.5)
 
 
-def _prediction_title(axis, prediction: int, label: int) -> None:
-    correct = prediction == label
-    text = f"pred {prediction}" if correct else f"pred {prediction} (true {label})"
+def _class_text(value: np.ndarray) -> str:
+    return " ".join(str(int(v)) for v in np.atleast_1d(value))
+
+
+def _prediction_title(axis, prediction: np.ndarray, label: np.ndarray) -> None:
+    correct = np.array_equal(prediction, label)
+    text = f"pred {_class_text(prediction)}"
+    text += "" if correct else f" (true {_class_text(label)})"
     axis.set_title(text, fontsize=8, color="tab:green" if correct else "tab:red")
 
 
@@ -121,14 +181,15 @@ def _wrap(groups: Sequence[tuple[str, TransformationSamples]], max_rows: int):
 
 
 def draw_transformations(groups: Sequence[tuple[str, TransformationSamples]], max_rows: int | None = None) -> Figure:
-    """One block of columns per group ((a) input, (b) grid on input, (c) output + predicted class), a row per image;
-    a group longer than `max_rows` continues in the next block to its right."""
+    """One block of columns per group ((a) input, then per transformer (b) its grid on the input and (c) its output,
+    + the predicted class), a row per image; a group longer than `max_rows` continues in the next block to its
+    right."""
     if not groups:
         raise ValueError("draw_transformations needs at least one (title, samples) group")
     if max_rows is not None:
         groups = list(_wrap(groups, max_rows))
     rows = max(len(samples.inputs) for _, samples in groups)
-    widths = [3 if samples.grids is not None else 1 for _, samples in groups]
+    widths = [1 + (2 * samples.grids.shape[1] if samples.grids is not None else 0) for _, samples in groups]
     figure = Figure(figsize=(CELL_INCHES * sum(widths), CELL_INCHES * (rows + 0.6)), layout="constrained")
     FigureCanvasAgg(figure)
     subfigures = figure.subfigures(1, len(groups), width_ratios=widths, squeeze=False)[0]
@@ -144,12 +205,21 @@ def draw_transformations(groups: Sequence[tuple[str, TransformationSamples]], ma
             image = samples.inputs[row]
             _show(axes_row[0], image)
             if samples.grids is not None:
-                _show(axes_row[1], image)
-                _draw_grid(axes_row[1], samples.grids[row], image.shape)
-                _show(axes_row[2], samples.outputs[row])
-            _prediction_title(axes_row[-1], int(samples.predictions[row]), int(samples.labels[row]))
+                for grid, output, grid_axis, output_axis in zip(
+                    samples.grids[row], samples.outputs[row], axes_row[1::2], axes_row[2::2], strict=True
+                ):
+                    _show(grid_axis, image)
+                    _draw_grid(grid_axis, grid, image.shape[:2])
+                    _show(output_axis, output)
+            _prediction_title(axes_row[-1], samples.predictions[row], samples.labels[row])
         if samples.grids is not None:
-            for axis, name in zip(axes[-1], ("(a) input", "(b) grid", "(c) output"), strict=True):
+            count = samples.grids.shape[1]
+            numbers = [""] if count == 1 else [f" {t + 1}" for t in range(count)]
+            names = [
+                "(a) input",
+                *(f"({part}) {kind}{n}" for n in numbers for part, kind in (("b", "grid"), ("c", "output"))),
+            ]
+            for axis, name in zip(axes[-1], names, strict=True):
                 axis.set_xlabel(name, fontsize=8)
     return figure
 

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from stn.figures import draw_transformations, figure_to_array, transformation_samples
+from stn.figures import draw_transformations, figure_to_array, transformation_samples, transformer_calls
+from stn.transformers import SpatialTransformer
 
 PANEL_ROWS = 4  # W&B panels wrap the images into blocks of 4 rows: a wide picture fits W&B's panel shape
 
@@ -112,11 +112,14 @@ def theta_stats(theta: Tensor, identity: Tensor | None = None, prefix: str = "th
     return stats
 
 
-@torch.no_grad()
 def localisation_stats(model: nn.Module, inputs: Tensor) -> dict[str, float]:
-    """theta_stats of the model's spatial transformer on `inputs` (float model inputs); {} for plain models."""
-    transformer = getattr(model, "transformer", None)
-    if transformer is None:
+    """theta_stats of each of the model's spatial transformers on `inputs` (float model inputs): prefix "theta" for
+    a model with one, "theta/<module name>" for several; {} for plain models."""
+    if not any(isinstance(module, SpatialTransformer) for module in model.modules()):
         return {}
-    _, theta = transformer(inputs, return_theta=True)
-    return theta_stats(theta, transformer.transform.identity())
+    calls = transformer_calls(model, inputs)[1]
+    stats: dict[str, float] = {}
+    for call in calls:
+        prefix = "theta" if len(calls) == 1 else f"theta/{call.name}"
+        stats |= theta_stats(call.theta, call.module.transform.identity(), prefix)
+    return stats

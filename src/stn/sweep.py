@@ -8,6 +8,7 @@ and submitit run it in their workers) and they include what an earlier, resumed 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -20,11 +21,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from stn.checkpoint import RESULT, read_result
-from stn.data.dataset import DataConfig, ensure_dataset
-from stn.data.mnist import load_mnist
+from stn.data import prepare
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +39,13 @@ def job_configs(config: DictConfig) -> list[DictConfig]:
 
 
 def prepare_data(jobs: list[DictConfig]) -> None:
-    """Generate (or find) each distinct dataset of the jobs once; load MNIST itself when a job redraws from it."""
+    """Build (or find) each distinct dataset of the jobs once, through its data config's `loader:` module."""
     seen = set()
     for job in jobs:
-        data = DataConfig.from_cfg(job.data)
-        if (data.path, data.redraw_train, data.mnist_source) in seen:
-            continue
-        seen.add((data.path, data.redraw_train, data.mnist_source))
-        if not data.path.exists():
-            log.info("sweep: generating %s once for all its jobs into %s", data.name, data.path)
-        ensure_dataset(data)
-        if data.redraw_train:
-            load_mnist(data.root, data.mnist_source)
+        key = json.dumps(OmegaConf.to_container(job.data, resolve=True), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prepare(job.data)
 
 
 def one_line(text: Any) -> str:

@@ -19,7 +19,6 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
@@ -29,9 +28,10 @@ from stn.checkpoint import load_checkpoint, read_result, save_checkpoint, write_
 from stn.data import load_splits
 from stn.loggers import build_logger, localisation_stats
 from stn.models import count_parameters
-from stn.results import run_sweep_job
+from stn.results.runs import run_sweep_job
 from stn.runinfo import environment, git_state
 from stn.runtime import pick_device, seed_everything
+from stn.tasks import Classification, Task, higher_is_better, metric_percent
 from stn.transformers import SpatialTransformer
 
 log = logging.getLogger(__name__)
@@ -39,20 +39,40 @@ log = logging.getLogger(__name__)
 # The config sections that make two runs the same run; compared unresolved, so moving the data or runs folder
 # (paths.*) does not matter, while any change of data, model, optimiser, budget, seed or precision does.
 IDENTITY_KEYS = ("seed", "data", "model", "optim", "budget", "precision")
+# Data keys that say how a dataset is loaded and scored, not what is trained: each dataset has one of each, and the
+# Table 1 runs made before these keys existed must still match their checkpoints and results.
+WIRING_KEYS = ("loader", "task")
 BUDGET_COUNTS = ("iterations", "batch_size", "eval_every", "checkpoint_every", "log_every", "eval_batch_size")
 BUDGET_SUBSETS = ("train_subset", "val_subset", "test_subset")
 PANEL_IMAGES = 16  # validation images whose transformations the logger draws at each evaluation
-BATCH_ORDER, REDRAW = 0, 1  # the two random streams derived from (seed, epoch)
+# The random streams derived from the run's seed: batch order and redraw per epoch, augmentation per iteration.
+BATCH_ORDER, REDRAW, AUGMENT = 0, 1, 2
+CLASSIFICATION = Classification()  # Table 1's task, the default of the building blocks gpu-check reuses
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=False)
-    return {key: config[key] for key in IDENTITY_KEYS}
+    identity = {key: config[key] for key in IDENTITY_KEYS}
+    identity["data"] = {key: value for key, value in identity["data"].items() if key not in WIRING_KEYS}
+    return identity
 
 
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """A well-mixed 32-bit seed for one epoch of one random stream: resuming needs no generator state."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+def stream_seed(seed: int, counter: int, stream: int) -> int:
+    """A well-mixed 32-bit seed for one epoch (or iteration) of one random stream: resuming needs no generator
+    state."""
+    return int(np.random.SeedSequence([seed, counter, stream]).generate_state(1)[0])
+
+
+Targets = Tensor | tuple[Tensor, ...]  # per-example targets of a split (see stn.data.splits)
+
+
+def select(targets: Targets, index: Tensor | slice) -> Targets:
+    """The targets of the examples `index`, whichever tensors the task scores."""
+    return tuple(t[index] for t in targets) if isinstance(targets, tuple) else targets[index]
+
+
+def to_device(targets: Targets, device: torch.device) -> Targets:
+    return tuple(t.to(device) for t in targets) if isinstance(targets, tuple) else targets.to(device)
 
 
 def check_budget(budget: DictConfig, seed: int) -> None:
@@ -96,44 +116,65 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
 
 
+def unchanged(images: Tensor) -> Tensor:
+    """The eval transform of splits without one: the model sees the stored images."""
+    return images
+
+
 @torch.no_grad()
-def error_percent(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int, precision: str = "fp32") -> float:
-    """Classification error (%) of `model` on uint8 images already on the model's device."""
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    targets: Targets,
+    batch_size: int,
+    task: Task,
+    precision: str = "fp32",
+    transform: Callable[[Tensor], Tensor] = unchanged,
+) -> float:
+    """The task's % metric of `model` on uint8 images (seen through `transform`) already on the model's device."""
     was_training = model.training
     model.eval()
-    wrong = torch.zeros((), dtype=torch.int64, device=images.device)
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
     for start in range(0, len(images), batch_size):
+        batch = slice(start, start + batch_size)
         with autocast(images.device, precision):
-            logits = model(to_input(images[start : start + batch_size]))
-        wrong += (logits.argmax(1) != labels[start : start + batch_size]).sum()
+            output = model(to_input(transform(images[batch])))
+        correct += task.correct(output, select(targets, batch)).sum()
     model.train(was_training)
-    return 100.0 * wrong.item() / len(images)
+    return metric_percent(task.metric, correct.item(), len(images))
 
 
 def epoch_batches(
     images: Tensor,
-    labels: Tensor,
+    targets: Targets,
     batch_size: int,
     seed: int,
     start: int,
     redraw: Callable[[int, torch.device], Tensor] | None,
-) -> Iterator[tuple[Tensor, Tensor]]:
+    transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+) -> Iterator[tuple[Tensor, Targets]]:
     """Training batches from iteration `start` on, forever: epoch e is a device-side permutation seeded by
     (seed, e), so a resumed run draws exactly the batches an uninterrupted one would. With `redraw`, every epoch
-    after the first trains on a fresh draw of the distortions (the first uses the stored set). The last partial
-    batch of an epoch is dropped."""
+    after the first trains on a fresh draw of the distortions (the first uses the stored set). With `transform`,
+    each batch is augmented on the device by a generator seeded by (seed, iteration). The last partial batch of an
+    epoch is dropped."""
     steps_per_epoch = len(images) // batch_size
     epoch, first = divmod(start, steps_per_epoch)
     while True:
         if redraw is None or epoch == 0:
             epoch_images = images
         else:  # the same digits, freshly distorted (a training subset keeps its first N)
-            epoch_images = redraw(epoch_seed(seed, epoch, REDRAW), images.device)[: len(images)]
-        generator = torch.Generator(images.device).manual_seed(epoch_seed(seed, epoch, BATCH_ORDER))
+            epoch_images = redraw(stream_seed(seed, epoch, REDRAW), images.device)[: len(images)]
+        generator = torch.Generator(images.device).manual_seed(stream_seed(seed, epoch, BATCH_ORDER))
         order = torch.randperm(len(images), generator=generator, device=images.device)
         for position in range(first, steps_per_epoch):
             index = order[position * batch_size : (position + 1) * batch_size]
-            yield to_input(epoch_images[index]), labels[index]
+            batch = epoch_images[index]
+            if transform is not None:
+                iteration = epoch * steps_per_epoch + position
+                augment = torch.Generator(images.device).manual_seed(stream_seed(seed, iteration, AUGMENT))
+                batch = transform(batch, augment)
+            yield to_input(batch), select(targets, index)
         epoch, first = epoch + 1, 0
 
 
@@ -187,13 +228,14 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     x: Tensor,
-    y: Tensor,
+    y: Targets,
     precision: str,
+    task: Task = CLASSIFICATION,
 ) -> Tensor:
     """One optimisation step on a batch; returns the (float32) loss."""
     with autocast(x.device, precision):
-        logits = model(x)
-    loss = F.cross_entropy(logits.float(), y)
+        output = model(x)
+    loss = task.loss(output, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -223,29 +265,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 f"{run_dir} holds a finished run of a different configuration (data/model/optim/budget/seed/"
                 f"precision); set another experiment_name (or seed), or delete that folder to start over"
             )
-        log.info("%s already finished: test error %.2f%%; nothing to do", run_dir, previous["test_error"])
+        metric = previous.get("metric", "error")
+        log.info("%s already finished: test %s %.2f%%; nothing to do", run_dir, metric, previous[f"test_{metric}"])
         return previous
 
     device = pick_device(cfg.device)
     use_precision(cfg.precision, device)
     splits = load_splits(cfg.data)
+    task: Task = instantiate(cfg.data.task)
+    metric, best = task.metric, max if higher_is_better(task.metric) else min
+    train_transform = getattr(splits, "train_transform", None)  # per-batch augmentation on the device, if any
+    eval_transform = getattr(splits, "eval_transform", unchanged)
 
-    def subset(images: Tensor, labels: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
-        return images[:limit].to(device), labels[:limit].to(device)
+    def subset(name: str, limit: int | None) -> tuple[Tensor, Targets]:
+        images, targets = splits.split(name)
+        return images[:limit].to(device), to_device(select(targets, slice(limit)), device)
 
-    train_x, train_y = subset(splits.train_x, splits.train_y, budget.train_subset)
-    val_x, val_y = subset(splits.val_x, splits.val_y, budget.val_subset)
-    test_x, test_y = subset(splits.test_x, splits.test_y, budget.test_subset)
+    train_x, train_y = subset("train", budget.train_subset)
+    val_x, val_y = subset("val", budget.val_subset)
+    test_x, test_y = subset("test", budget.test_subset)
     if budget.batch_size > len(train_x):
         raise ValueError(f"budget.batch_size={budget.batch_size} exceeds the {len(train_x)} training images")
 
     seed_everything(seed)  # the model's initialisation depends on the seed only, not on how the data was loaded
     model: nn.Module = instantiate(cfg.model.net)
     expected = getattr(model, "input_shape", None)
-    if expected is not None and tuple(expected) != tuple(train_x.shape[1:]):
+    seen = tuple(eval_transform(train_x[:1]).shape[1:])  # what the model sees, after any crop
+    if expected is not None and tuple(expected) != seen:
         raise ValueError(
             f"model {cfg.model.name} was built for inputs {list(expected)} but data {cfg.data.name} holds "
-            f"{list(train_x.shape[1:])}: fix data.input_shape or pick a model/data pair that fit"
+            f"{list(seen)}: fix data.input_shape or pick a model/data pair that fit"
         )
     model.to(device)
     if device.type == "cuda":
@@ -284,9 +333,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "budget": budget.name,
             "status": status,
             "params": count_parameters(model),
-            "val_error": history[-1][1] if history else None,
-            "best_val_error": min((error for _, error in history), default=None),
-            "test_error": None,
+            "metric": metric,
+            f"val_{metric}": history[-1][1] if history else None,
+            f"best_val_{metric}": best((value for _, value in history), default=None),
+            f"test_{metric}": None,
             "iterations": state["iteration"],
             "wall_time_s": state["wall_time_s"] + time.perf_counter() - started,
             "train_time_s": state["train_time_s"],
@@ -307,15 +357,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loss_sum, window_start, mark = torch.zeros((), device=device), state["iteration"], time.perf_counter()
     loop_started, start, total = mark, state["iteration"], budget.iterations
     progress = tqdm(total=total, initial=start, desc=f"{cfg.data.name}/{cfg.model.name}/seed{seed}", disable=None)
-    batches = epoch_batches(train_x, train_y, budget.batch_size, seed, start, splits.redraw)
+    batches = epoch_batches(train_x, train_y, budget.batch_size, seed, start, splits.redraw, train_transform)
     model.train()
     try:
         for done, (x, y) in zip(range(start + 1, total + 1), batches, strict=False):
-            loss = train_step(step_model, optimizer, scheduler, x, y, cfg.precision)
+            loss = train_step(step_model, optimizer, scheduler, x, y, cfg.precision, task)
             loss_sum += loss.detach()
-            evaluate = done % budget.eval_every == 0 or done == total
+            eval_now = done % budget.eval_every == 0 or done == total
             checkpoint = done % budget.checkpoint_every == 0 or done == total
-            if not (evaluate or checkpoint or done % budget.log_every == 0):
+            if not (eval_now or checkpoint or done % budget.log_every == 0):
                 continue
 
             # End of a logging window: sync with the device once, check the loss, log, evaluate, checkpoint.
@@ -333,24 +383,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "train/lr": scheduler.get_last_lr()[0],
                 "train/images_per_s": images_per_s,
             }
-            if evaluate:
-                val_error = error_percent(model, val_x, val_y, budget.eval_batch_size, cfg.precision)
-                state["val_history"].append([done, val_error])
-                probe = val_x[:PANEL_IMAGES]
-                metrics |= {"val/error": val_error, **localisation_stats(model, to_input(probe))}
-                logger.log_panels(model, probe, val_y[:PANEL_IMAGES], step=done)
+            if eval_now:
+                val_value = evaluate(model, val_x, val_y, budget.eval_batch_size, task, cfg.precision, eval_transform)
+                state["val_history"].append([done, val_value])
+                probe = eval_transform(val_x[:PANEL_IMAGES])
+                metrics |= {f"val/{metric}": val_value, **localisation_stats(model, to_input(probe))}
+                logger.log_panels(model, probe, select(val_y, slice(PANEL_IMAGES)), step=done)
                 eta = (time.perf_counter() - loop_started) / (done - start) * (total - done)
                 log.info(
-                    "iteration %d/%d: loss %.4f, val error %.2f%% (best %.2f%%), %.0f images/s, ETA %s",
+                    "iteration %d/%d: loss %.4f, val %s %.2f%% (best %.2f%%), %.0f images/s, ETA %s",
                     done,
                     total,
                     mean_loss,
-                    val_error,
-                    min(e for _, e in state["val_history"]),
+                    metric,
+                    val_value,
+                    best(value for _, value in state["val_history"]),
                     images_per_s,
                     timedelta(seconds=round(eta)),
                 )
-                progress.set_postfix(loss=f"{mean_loss:.3f}", val=f"{val_error:.2f}%")
+                progress.set_postfix(loss=f"{mean_loss:.3f}", val=f"{val_value:.2f}%")
             logger.log_metrics(metrics, step=done)
             if checkpoint:
                 if not parameters_finite(model):  # never overwrite a good checkpoint with a broken state
@@ -373,9 +424,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             loss_sum.zero_()
             window_start, mark = done, time.perf_counter()
         progress.close()
-        test_error = error_percent(model, test_x, test_y, budget.eval_batch_size, cfg.precision)
-        logger.log_metrics({"test/error": test_error}, step=total)
-        result = record("finished", test_error=test_error)
+        test_value = evaluate(model, test_x, test_y, budget.eval_batch_size, task, cfg.precision, eval_transform)
+        logger.log_metrics({f"test/{metric}": test_value}, step=total)
+        result = record("finished", **{f"test_{metric}": test_value})
     except Exception as error:
         failure = record("failed", error=f"{type(error).__name__}: {error}")
         write_result(failure, run_dir)
@@ -384,10 +435,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_result(result, run_dir)
     logger.finish(result)
     log.info(
-        "%s finished: test error %.2f%%, best val %.2f%%, %.0f images/s",
+        "%s finished: test %s %.2f%%, best val %.2f%%, %.0f images/s",
         run_dir,
-        result["test_error"],
-        result["best_val_error"],
+        metric,
+        result[f"test_{metric}"],
+        result[f"best_val_{metric}"],
         result["images_per_s"],
     )
     return result

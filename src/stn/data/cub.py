@@ -27,6 +27,7 @@ from torch import Tensor
 import stn
 from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, verify_file
+from stn.data.splits import LabelledSplits
 from stn.data.store import ensure_stored, read_matching, write_atomic
 from stn.data.svhn import RESAMPLE, center_crop, default_workers, map_images, random_crops
 
@@ -367,7 +368,7 @@ def random_crop_flip(images: Tensor, size: int, generator: torch.Generator | Non
 
 
 @dataclass
-class CubSplits:
+class CubSplits(LabelledSplits):
     """uint8 images [N, 3, S, S] (CPU; S = image_size) and int64 labels [N] (0-based) of each split."""
 
     train_x: Tensor
@@ -389,6 +390,11 @@ class CubSplits:
     def eval_transform(self, images: Tensor) -> Tensor:
         """The centre crop_size crop ([open] test protocol: one centre crop)."""
         return center_crop(images, self.crop_size)
+
+
+def prepare(data_cfg: DictConfig | Mapping, progress: bool = True) -> None:
+    """Build (or find) the stored set of a data config without loading it."""
+    ensure_dataset(CubConfig.from_cfg(data_cfg), progress)
 
 
 def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> CubSplits:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,10 @@ from tqdm import tqdm
 import stn
 from stn.data.distortions import DistortionSpec, generate
 from stn.data.mnist import MNIST_MD5, SPLIT_SIZES, MnistArrays, load_mnist
+from stn.data.splits import LabelledSplits
 from stn.data.store import ensure_stored, read_matching, write_atomic
+
+log = logging.getLogger(__name__)
 
 # Bump when a code change alters the generated data for an unchanged config: it is part of the file-name hash,
 # so old files are never reused by mistake.
@@ -100,8 +104,8 @@ class DataConfig:
 
 
 @dataclass
-class Splits:
-    """Images (uint8 [N, 1, S, S], CPU) and int64 labels of the three splits, as the trainer consumes them."""
+class MnistSplits(LabelledSplits):
+    """Images (uint8 [N, 1, S, S], CPU) and int64 labels of the three splits (stn.data.splits.Splits)."""
 
     train_x: Tensor
     train_y: Tensor
@@ -195,7 +199,17 @@ class Redraw:
         return generate(self.spec, digits, generator, pool=digits, pool_index=pool_index)[0]
 
 
-def load_splits(data_cfg: DictConfig | Mapping) -> Splits:
+def prepare(data_cfg: DictConfig | Mapping) -> None:
+    """Generate (or find) the stored file of a data config, and check MNIST itself is at hand when it redraws."""
+    cfg = DataConfig.from_cfg(data_cfg)
+    if not cfg.path.exists():
+        log.info("sweep: generating %s once for all its jobs into %s", cfg.name, cfg.path)
+    ensure_dataset(cfg)
+    if cfg.redraw_train:
+        load_mnist(cfg.root, cfg.mnist_source)
+
+
+def load_splits(data_cfg: DictConfig | Mapping) -> MnistSplits:
     """Load the stored splits of a data config, generating the HDF5 file first if it is missing."""
     cfg = DataConfig.from_cfg(data_cfg)
     path = ensure_dataset(cfg)
@@ -217,7 +231,7 @@ def load_splits(data_cfg: DictConfig | Mapping) -> Splits:
         "redraw_train": cfg.redraw_train,
         "sizes": {split: len(tensors[f"{split}/labels"]) for split in SPLITS},
     }
-    return Splits(
+    return MnistSplits(
         train_x=tensors["train/images"],
         train_y=tensors["train/labels"],
         val_x=tensors["val/images"],

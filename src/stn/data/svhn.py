@@ -36,6 +36,7 @@ import stn
 from stn.atomic import write_atomic as write_text_atomic
 from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, file_digests, urls_under, verify_file
+from stn.data.splits import SPLIT_NAMES
 from stn.data.store import ensure_stored, read_matching, write_atomic
 
 log = logging.getLogger(__name__)
@@ -656,6 +657,12 @@ class SvhnSplits:
     meta: dict
     redraw: None = None  # the trainer's hook for re-drawn data; SVHN augments with train_transform instead
 
+    def split(self, name: str) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Images and targets (labels, lengths) of one split (stn.data.splits.Splits)."""
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {name!r}; use one of {SPLIT_NAMES}")
+        return getattr(self, f"{name}_x"), (getattr(self, f"{name}_y"), getattr(self, f"{name}_len"))
+
     def train_transform(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Random crop_size crops, one position per image, on the images' device."""
         return random_crops(images, self.crop_size, generator)
@@ -663,6 +670,11 @@ class SvhnSplits:
     def eval_transform(self, images: Tensor) -> Tensor:
         """The centre crop_size crop."""
         return center_crop(images, self.crop_size)
+
+
+def prepare(data_cfg: DictConfig | Mapping, progress: bool = True) -> None:
+    """Build (or find) the stored set of a data config without loading it."""
+    ensure_dataset(SvhnConfig.from_cfg(data_cfg), progress)
 
 
 def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> SvhnSplits:

@@ -1,0 +1,60 @@
+"""The one interface between datasets and the trainer.
+
+A data config names its module in `loader:` (configs/data/*.yaml); that module provides
+
+    prepare(data_cfg) -> None       build (or find) the stored set once, e.g. before a sweep's jobs
+    load_splits(data_cfg) -> Splits
+
+and a Splits object gives, per split "train" / "val" / "test", uint8 images [N, C, H, W] on the CPU and their
+targets (what the data config's `task:` scores: a label tensor, or a tuple of per-example tensors). Two optional
+hooks augment on the device: `redraw(epoch_seed, device)` returns fresh training images each epoch (same examples,
+same order), and `train_transform(images, generator)` / `eval_transform(images)` map each batch (random crops and
+flips drawn from `generator`, the centre crop at evaluation) to what the model sees.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any, Protocol
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class Splits(Protocol):
+    meta: dict  # what the result file records about the data (path, checksum, sizes ...)
+    redraw: Callable[[int, torch.device], Tensor] | None
+
+    def split(self, name: str) -> tuple[Tensor, Any]: ...
+
+
+class LabelledSplits:
+    """split() for datasets whose targets are one label tensor, held as <split>_x / <split>_y."""
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {name!r}; use one of {SPLIT_NAMES}")
+        return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
+
+
+def data_module(data_cfg: DictConfig | Mapping) -> ModuleType:
+    """The module a data config's `loader:` names."""
+    name = data_cfg.get("loader")
+    if not name:
+        raise ValueError(f"data config {data_cfg.get('name')!r} lacks `loader:` (the module that loads its splits)")
+    return importlib.import_module(name)
+
+
+def load_splits(data_cfg: DictConfig | Mapping) -> Splits:
+    """The splits of any data config, built and stored first if missing."""
+    return data_module(data_cfg).load_splits(data_cfg)
+
+
+def prepare(data_cfg: DictConfig | Mapping) -> None:
+    """Build (or find) the stored set of any data config without loading it."""
+    data_module(data_cfg).prepare(data_cfg)

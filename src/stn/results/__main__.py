@@ -1,0 +1,3 @@
+from stn.results.cli import main
+
+main()

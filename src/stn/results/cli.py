@@ -1,0 +1,71 @@
+"""The paper's tables rendered from our runs against the paper, and comparisons of recipes.
+
+    python -m stn.results table1 [--runs runs/table1] [--source local|wandb] [--wandb-path ENTITY/PROJECT]
+                                 [--recipe NAME] [--name table1] [--missing TEXT] [--out results]
+
+writes results/<name>.md, .csv and .tex: for each model x column the paper's number (% test error for Table 1),
+ours as mean ± std over seeds (with n), and the difference; a cell without runs shows "—" (or --missing, e.g.
+"GPU", where the paper has a number). The caption names the training recipe (optimiser, schedule, samples, fixed or
+fresh data); one cell never averages runs of different recipes. Only runs with status "finished" count.
+
+    python -m stn.results compare --runs DIR [--runs DIR ...] --title TEXT [--common] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from stn.atomic import write_atomic
+from stn.results.compare import render_comparison
+from stn.results.runs import load_local_results, load_results
+from stn.results.specs import TABLES
+from stn.results.tables import MISSING, build_table, load_paper_table, not_counted_lines, write_table
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m stn.results", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for spec in TABLES.values():
+        table = commands.add_parser(spec.name, help=f"render {spec.title} against the paper")
+        table.add_argument("--runs", type=Path, default=Path(f"runs/{spec.name}"), help="the sweep's runs folder")
+        table.add_argument(
+            "--source", choices=("local", "wandb"), default="local", help="result.json files or W&B runs"
+        )
+        table.add_argument("--wandb-path", help="ENTITY/PROJECT to read online W&B runs (group = the runs folder name)")
+        table.add_argument("--recipe", help="count only runs of this recipe folder (e.g. fast-fast, sgd_table1-paper)")
+        table.add_argument("--name", default=spec.name, help="output file name (without suffix)")
+        table.add_argument("--missing", default=MISSING, help='what an unrun cell the paper reports shows (e.g. "GPU")')
+        table.add_argument("--paper", type=Path, default=spec.paper_csv)
+        table.add_argument("--out", type=Path, default=Path("results"))
+    compare = commands.add_parser("compare", help="compare the recipes (arms) of the runs under a folder")
+    compare.add_argument("--runs", type=Path, action="append", required=True, help="a runs folder (repeatable)")
+    compare.add_argument("--common", action="store_true", help="only the (column, model) rows that every arm has")
+    compare.add_argument("--title", required=True, help="the comparison's title")
+    compare.add_argument("--out", type=Path, help="markdown file to write (default: print)")
+    compare.add_argument("--note", help="a paragraph printed under the title (e.g. the machine and its load)")
+    args = parser.parse_args(argv)
+
+    if args.command == "compare":
+        records = [record for runs in args.runs for record in load_local_results(runs)]
+        text = render_comparison(records, args.title, args.common, args.note)
+        if args.out:
+            write_atomic(args.out, text)
+            print(f"wrote {args.out}")
+        else:
+            print(text, end="")
+        return
+    columns, paper = load_paper_table(args.paper)
+    records = load_results(args.source, args.runs, args.wandb_path)
+    table = build_table(records, columns, paper, args.recipe, args.missing, TABLES[args.command])
+    for path in write_table(table, args.out, args.name):
+        print(f"wrote {path}")
+    if table.not_counted:
+        print(
+            f"{len(table.not_counted)} runs not counted (failed or unfinished):",
+            *not_counted_lines(table),
+            sep="\n",
+            file=sys.stderr,
+        )

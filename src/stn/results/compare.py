@@ -1,0 +1,51 @@
+"""Comparisons of recipes: the evidence behind a default (results/evidence/*.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from stn.results.recipes import recipe_name, recipe_of, run_command
+from stn.results.tables import Cell, display_name, format_minutes, format_ours
+
+
+def arm_of(record: Mapping[str, Any]) -> str:
+    """The arm of a comparison a run belongs to: its experiment name and recipe folder."""
+    return f"{record.get('experiment')}/{recipe_name(record)}"
+
+
+def render_comparison(
+    records: Iterable[Mapping[str, Any]], title: str, common: bool = False, note: str | None = None
+) -> str:
+    """A markdown table: one row per (column, model), one column per arm (experiment/recipe), each cell the mean
+    ± sample std of the finished runs' % test error (n seeds), followed by each arm's recipe and commands.
+    With `common`, only the rows every arm has runs of."""
+    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
+    arms: dict[str, tuple[set[str], set[str], list[float]]] = {}
+    for record in records:
+        if record.get("status") != "finished":
+            continue
+        arm = arm_of(record)
+        recipes, commands, walls = arms.setdefault(arm, (set(), set(), []))
+        recipes.add(recipe_of(record))
+        command = run_command(record)
+        if command:
+            commands.add(command)
+        walls.append(float(record.get("wall_time_s") or 0.0))
+        cells.setdefault((record["column"], record["model"]), {}).setdefault(arm, []).append(record["test_error"])
+    names = sorted(arms)
+    lines = [f"**{title}** (% test error: mean ± sample std over seeds, n = seeds)", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["| Column | Model | " + " | ".join(f"`{a}`" for a in names) + " |", "|---|---|" + "---:|" * len(names)]
+    for (column, model), by_arm in sorted(cells.items()):
+        if common and len(by_arm) < len(names):
+            continue
+        values = [format_ours(Cell(None, by_arm.get(arm, []))) for arm in names]
+        lines.append(f"| {column} | {display_name(model)} | " + " | ".join(values) + " |")
+    lines += ["", "Arms:"]
+    for arm in names:
+        recipes, commands, walls = arms[arm]
+        lines.append(f"- `{arm}`: {'; '.join(sorted(recipes))} (mean wall time per run {format_minutes(walls)})")
+        lines += [f"  - `{command}`" for command in sorted(commands)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,30 @@
+"""What differs between the paper's tables: one TableSpec each (Table 2 and 3 add theirs when their runs land)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stn.tasks import check_metric
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str  # the command (python -m stn.results <name>) and the default output file name
+    title: str  # the caption's opening words
+    paper_csv: Path  # the paper's numbers: rows model, one column per data config `column` (the table's columns)
+    metric: str  # what a cell averages: the result key test_<metric>, in % (stn.tasks: error or accuracy)
+    paper_note: str  # how the paper's numbers were obtained
+
+    def __post_init__(self) -> None:
+        check_metric(self.metric)
+
+
+TABLE1 = TableSpec(
+    name="table1",
+    title="Table 1 — distorted MNIST",
+    paper_csv=Path("results/paper/table1.csv"),
+    metric="error",
+    paper_note="paper: mean of 3 seeds",
+)
+TABLES = {spec.name: spec for spec in (TABLE1,)}
