@@ -46,11 +46,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     compare.add_argument("--title", required=True, help="the comparison's title")
     compare.add_argument("--out", type=Path, help="markdown file to write (default: print)")
     compare.add_argument("--note", help="a paragraph printed under the title (e.g. the machine and its load)")
+    compare.add_argument("--table", choices=sorted(TABLES), default="table1", help="the paper table the runs belong to")
     args = parser.parse_args(argv)
 
     if args.command == "compare":
         records = [record for runs in args.runs for record in load_local_results(runs)]
-        text = render_comparison(records, args.title, args.common, args.note)
+        text = render_comparison(records, args.title, args.common, args.note, TABLES[args.table])
         if args.out:
             write_atomic(args.out, text)
             print(f"wrote {args.out}")

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from stn.results.recipes import recipe_name, recipe_of, run_command
+from stn.results.specs import TABLE1, TableSpec
 from stn.results.tables import Cell, display_name, format_minutes, format_ours
 
 
@@ -15,11 +16,15 @@ def arm_of(record: Mapping[str, Any]) -> str:
 
 
 def render_comparison(
-    records: Iterable[Mapping[str, Any]], title: str, common: bool = False, note: str | None = None
+    records: Iterable[Mapping[str, Any]],
+    title: str,
+    common: bool = False,
+    note: str | None = None,
+    spec: TableSpec = TABLE1,
 ) -> str:
     """A markdown table: one row per (column, model), one column per arm (experiment/recipe), each cell the mean
-    ± sample std of the finished runs' % test error (n seeds), followed by each arm's recipe and commands.
-    With `common`, only the rows every arm has runs of."""
+    ± sample std of the finished runs' % test metric (the spec's; n seeds), followed by each arm's recipe and
+    commands. With `common`, only the rows every arm has runs of."""
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
     arms: dict[str, tuple[set[str], set[str], list[float]]] = {}
     for record in records:
@@ -27,14 +32,15 @@ def render_comparison(
             continue
         arm = arm_of(record)
         recipes, commands, walls = arms.setdefault(arm, (set(), set(), []))
-        recipes.add(recipe_of(record))
+        recipes.add(recipe_of(record, spec.paper_samples))
         command = run_command(record)
         if command:
             commands.add(command)
         walls.append(float(record.get("wall_time_s") or 0.0))
-        cells.setdefault((record["column"], record["model"]), {}).setdefault(arm, []).append(record["test_error"])
+        by_arm = cells.setdefault((record["column"], record["model"]), {})
+        by_arm.setdefault(arm, []).append(record[f"test_{spec.metric}"])
     names = sorted(arms)
-    lines = [f"**{title}** (% test error: mean ± sample std over seeds, n = seeds)", ""]
+    lines = [f"**{title}** (% test {spec.metric}: mean ± sample std over seeds, n = seeds)", ""]
     if note:
         lines += [note, ""]
     lines += ["| Column | Model | " + " | ".join(f"`{a}`" for a in names) + " |", "|---|---|" + "---:|" * len(names)]

@@ -8,8 +8,6 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-PAPER_SAMPLES = 150_000 * 256  # Table 1's training samples per run [appendix]
-
 
 def recipe_name(record: Mapping[str, Any]) -> str:
     """The recipe folder name of a run (configs/train.yaml's `recipe`: optim name - budget name)."""
@@ -27,8 +25,9 @@ def _schedule_words(optim: Mapping[str, Any]) -> str:
     return f"{warmup:.0%} linear warm-up, {words}" if warmup else words
 
 
-def recipe_of(record: Mapping[str, Any]) -> str:
-    """A run's training recipe in words: optimiser, lr schedule, samples seen and the training data stream."""
+def recipe_of(record: Mapping[str, Any], paper_samples: int | None = None) -> str:
+    """A run's training recipe in words: optimiser, lr schedule, samples seen (and their share of `paper_samples`,
+    the paper's per-run samples for the run's table) and, for generated data, the training data stream."""
     config = record.get("config") or {}
     optim, budget = config.get("optim"), config.get("budget")
     if not optim or not budget:  # a record without its config (e.g. from an old W&B run): the budget is all we know
@@ -42,12 +41,12 @@ def recipe_of(record: Mapping[str, Any]) -> str:
         words.append(f"loc-net lr x{optim['loc_lr_mult']:g}")
     words.append(_schedule_words(optim))
     samples = budget["iterations"] * budget["batch_size"]
-    words.append(
-        f"{budget['iterations']:,} iterations x {budget['batch_size']} = {samples / 1e6:.2f}M samples "
-        f"({samples / PAPER_SAMPLES:.0%} of the paper's {PAPER_SAMPLES / 1e6:.1f}M)"
-    )
-    redraw = (config.get("data") or {}).get("redraw_train")
-    words.append("fresh training distortions every epoch" if redraw else "one fixed distorted training set")
+    share = f" ({samples / paper_samples:.0%} of the paper's {paper_samples / 1e6:.1f}M)" if paper_samples else ""
+    words.append(f"{budget['iterations']:,} iterations x {budget['batch_size']} = {samples / 1e6:.2f}M samples{share}")
+    data = config.get("data") or {}
+    if "redraw_train" in data:  # generated data (distorted MNIST): a fixed stored training set or fresh draws
+        fresh = data["redraw_train"]
+        words.append("fresh training distortions every epoch" if fresh else "one fixed distorted training set")
     return ", ".join(words)
 
 

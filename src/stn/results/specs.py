@@ -15,6 +15,7 @@ class TableSpec:
     paper_csv: Path  # the paper's numbers: rows model, one column per data config `column` (the table's columns)
     metric: str  # what a cell averages: the result key test_<metric>, in % (stn.tasks: error or accuracy)
     paper_note: str  # how the paper's numbers were obtained
+    paper_samples: int  # training samples per run of the paper's recipe (iterations x batch), for recipe captions
 
     def __post_init__(self) -> None:
         check_metric(self.metric)
@@ -26,5 +27,6 @@ TABLE1 = TableSpec(
     paper_csv=Path("results/paper/table1.csv"),
     metric="error",
     paper_note="paper: mean of 3 seeds",
+    paper_samples=150_000 * 256,  # [appendix] 150k iterations x batch 256
 )
 TABLES = {spec.name: spec for spec in (TABLE1,)}

@@ -108,7 +108,7 @@ def build_table(
                 f"{where}: a second finished run of {model} on {column} with seed {record['seed']}; "
                 "keep one (use a fresh runs folder / W&B group per sweep)"
             )
-        words = recipe_of(record)
+        words = recipe_of(record, spec.paper_samples)
         if cell.recipe is not None and words != cell.recipe:
             raise ValueError(
                 f"{where}: {model} on {column} mixes recipes ({cell.recipe}) and ({words}); pass --recipe to pick one"
