@@ -110,16 +110,19 @@ evidence-table1: $(STAMP)
 	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast --runs $(RUNS)/evidence_fixed_data --common \
 	  --title "Training distortions: one fixed stored set vs fresh draws every epoch (fast recipe)" \
 	  --out results/evidence/table1_data_stream.md
-	$(PY) -m stn.train --multirun experiment=table1 data=mnist_tc model=fcn seed=0 $(RECIPE_ARGS_fast) paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_full data=mnist_tc,mnist_rts model=fcn \
+	  seed=0,1,2 $(RECIPE_ARGS_fast) data.fcn_pool=1 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_w128 data=mnist_tc,mnist_rts model=fcn \
+	  seed=0,1,2 $(RECIPE_ARGS_fast) data.fcn_pool=1 model.net.width=128 paths.runs_dir=$(RUNS)
 	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_w256 data=mnist_tc,mnist_rts model=fcn \
-	  seed=0 $(RECIPE_ARGS_fast) model.net.width=256 paths.runs_dir=$(RUNS)
+	  seed=0,1,2 $(RECIPE_ARGS_fast) data.fcn_pool=1 model.net.width=256 paths.runs_dir=$(RUNS)
 	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_60k data=mnist_tc,mnist_rts model=fcn \
-	  seed=0 $(RECIPE_ARGS_fast) budget.iterations=60000 paths.runs_dir=$(RUNS)
+	  seed=0 $(RECIPE_ARGS_fast) data.fcn_pool=1 budget.iterations=60000 paths.runs_dir=$(RUNS)
 	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_pooled data=mnist_tc,mnist_rts model=fcn \
-	  seed=0 $(RECIPE_ARGS_fast) data.baseline_pool=2 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast --runs $(RUNS)/evidence_fcn_w256 \
-	  --runs $(RUNS)/evidence_fcn_60k --runs $(RUNS)/evidence_fcn_pooled --common \
-	  --title "The FCN on TC and RTS: training length (15k / 60k iterations) vs width (solved by the equal-parameter rule / 256) vs input (full / 2x-pooled)" \
+	  seed=0,1,2 $(RECIPE_ARGS_fast) data.fcn_pool=2 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.results compare --runs $(RUNS)/evidence_fcn_full --runs $(RUNS)/evidence_fcn_w128 \
+	  --runs $(RUNS)/evidence_fcn_w256 --runs $(RUNS)/evidence_fcn_60k --runs $(RUNS)/evidence_fcn_pooled --common \
+	  --title "The FCN on TC and RTS: training length (15k / 60k iterations) vs width (solved by the equal-parameter rule / 128 / 256) vs input (full / 2x-pooled)" \
 	  --out results/evidence/table1_fcn_length_width.md
 	$(PY) -m stn.train --multirun experiment=table1 data=mnist_r model=fcn seed=0,1,2 $(RECIPE_ARGS_paper) \
 	  paths.runs_dir=$(RUNS)

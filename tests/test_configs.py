@@ -113,6 +113,6 @@ def test_params_table_lists_every_model_and_dataset():
     table = params_table(("mnist_r", "mnist_rts"), ("fcn", "st_cnn_tps"))
     lines = table.splitlines()
     assert lines[0] == "| model | mnist_r | mnist_rts |"
-    assert lines[2].startswith("| fcn | 208,842 (208) | 229,547 (121) |")
+    assert lines[2].startswith("| fcn | 208,842 (208) | 229,078 (303) |")  # RTS: the 2x-pooled input
     assert lines[3].startswith("| st_cnn_tps |")
     assert "largest deviation" in table

@@ -28,6 +28,9 @@ RUN = (
     "budget=smoke",
     "budget.train_subset=320",
     "seed=3",
+    # the FCN's input as these numbers were recorded: full resolution (the RTS default became 2x-pooled by evidence,
+    # results/evidence/table1_fcn_length_width.md); this keeps the pins a check of the trainer, data and models
+    "data.fcn_pool=1",
 )
 EXPECTED = {
     "st_cnn_aff": {
