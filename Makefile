@@ -135,5 +135,35 @@ evidence-table1: $(STAMP)
 figures: $(STAMP)
 	$(PY) -m stn.figures table1 --runs $(RUNS)/table1/$(RECIPE_FOLDER_$(RECIPE)) --out results/figures/table1_transformations.png
 
+# Table 2 (SVHN; README "Table 2"): make reproduce-table2 RECIPE=paper|quick [LAUNCHER=...] [RUNS=...] [EXTRA=...]
+#   paper: the paper's schedule (SGD, 400k x 128, lr 0.01 x0.1 every 80k, loc nets at 0.1 x lr), 1 seed per cell
+#   quick: the same schedule on 1/10 of the budget (40k iterations); a first look, not the paper
+# Both need a GPU (no CPU recipe: 235k images x 400k iterations); RECIPE defaults to cpu without one, which stops here.
+T2_ARGS_paper := optim=sgd_table2 budget=svhn_paper
+T2_ARGS_quick := optim=sgd_table2 budget=svhn_quick
+T2_FOLDER_paper := sgd_table2-svhn_paper
+T2_FOLDER_quick := sgd_table2-svhn_quick
+BENCH_SVHN_ARGS ?=
+.PHONY: reproduce-table2 table2 figures-table2 bench-svhn
+
+reproduce-table2: $(STAMP)
+	@test -n "$(T2_FOLDER_$(RECIPE))" || { echo "Table 2 recipes: RECIPE=paper or RECIPE=quick (both on a GPU), got RECIPE=$(RECIPE)"; exit 2; }
+	@echo "Table 2 sweep: recipe $(RECIPE) ($(T2_ARGS_$(RECIPE))), launcher $(LAUNCHER), runs in $(RUNS)/table2"
+	$(PY) -m stn.train --multirun experiment=table2 $(T2_ARGS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
+	$(MAKE) table2 figures-table2 RUNS=$(RUNS) RECIPE=$(RECIPE)
+
+table2: $(STAMP)
+	@test -n "$(T2_FOLDER_$(RECIPE))" || { echo "Table 2 recipes: RECIPE=paper or RECIPE=quick, got RECIPE=$(RECIPE)"; exit 2; }
+	$(PY) -m stn.results table2 --runs $(RUNS)/table2 --recipe $(T2_FOLDER_$(RECIPE)) --out results
+
+figures-table2: $(STAMP)
+	@test -n "$(T2_FOLDER_$(RECIPE))" || { echo "Table 2 recipes: RECIPE=paper or RECIPE=quick, got RECIPE=$(RECIPE)"; exit 2; }
+	$(PY) -m stn.figures table2 --runs $(RUNS)/table2/$(T2_FOLDER_$(RECIPE)) --out results/figures/table2_transformations.png
+
+# Forward+backward per batch of ST-CNN Single / Multi vs the CNN at 64px and 128px -> results/bench/svhn_<device>.
+# On the CPU: make bench-svhn BENCH_SVHN_ARGS="--batch 16 --repeats 5 --warmup 1" (OMP_NUM_THREADS=1: CPU time).
+bench-svhn: $(STAMP)
+	$(PY) -m stn.bench.svhn $(BENCH_SVHN_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)

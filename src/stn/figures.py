@@ -1,6 +1,9 @@
 """Pictures of what a spatial transformer does, as in the right of the paper's Table 1: the input, the predicted
 sampling grid drawn on the input, the transformer's output and the predicted class; every spatial transformer of a
-model that acts on the image is drawn (grey or RGB).
+model that acts on the image is drawn (grey or RGB). A transformer deeper in the model warps conv feature maps, which
+have no picture: it is drawn on the input through the transformers before it (ST-CNN Multi, Table 2), as its affine
+map composed with theirs -- the part of the input its output covers (approximately: a feature map's frame is the
+input's up to the convs' borders and the pools' rounding).
 
 One drawing serves both the W&B image panels logged during training and the paper-style figure built from
 trained runs (`python -m stn.figures table1 --runs runs/table1 --out results/figures/table1_transformations.png`).
@@ -24,10 +27,12 @@ from torch import Tensor, nn
 from stn.atomic import write_atomic
 from stn.checkpoint import load_model
 from stn.data import load_splits
+from stn.data.svhn import NULL_CLASS
+from stn.models.normalize import Normalize
 from stn.results.runs import load_local_results
 from stn.results.tables import display_name
 from stn.runtime import ALIGN_CORNERS
-from stn.transformers import SpatialTransformer
+from stn.transformers import AffineTransform, SpatialTransformer, warp
 
 GRID_LINES = 5  # grid lines drawn per direction, border included (the paper draws a coarse grid)
 GRID_POINTS = 33  # points along each line, so bent (projective, TPS) grids are drawn smooth
@@ -36,6 +41,9 @@ CELL_INCHES = 1.0
 # caption, its figure shows ST-CNN Aff on R and ST-CNN TPS on RTS and E; for P we take the projective family.
 # Another finished ST run of the column stands in when that model was not run.
 TABLE1_FIGURE_MODELS = {"R": "st_cnn_aff", "RTS": "st_cnn_tps", "P": "st_cnn_proj", "E": "st_cnn_tps"}
+# The right of the paper's Table 2: what ST-CNN Single and Multi do to SVHN inputs, per column.
+TABLE2_FIGURE_MODELS = ("st_cnn_single", "st_cnn_multi")
+TABLE2_COLUMNS = ("64px", "128px")
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,9 @@ class TransformationSamples:
     predictions: np.ndarray  # as labels
     grids: np.ndarray | None  # [K, T, GRID_POINTS, GRID_POINTS, 2]: source (x, y) in input pixels
     outputs: np.ndarray | None  # [K, T, H', W'(, 3)] in [0, 1]
+    # [K, T] bool: the transformer acts on a feature map and is drawn composed with the ones before it (its output:
+    # the input seen through them all); None = none is
+    composed: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -120,25 +131,68 @@ def _grid_pixels(call: TransformerCall) -> Tensor:
     return torch.stack([to_pixels(grid[..., 0], width), to_pixels(grid[..., 1], height)], -1)
 
 
+def _affine_matrix(call: TransformerCall) -> Tensor | None:
+    """The [K, 3, 3] target -> source map of an affine-family transformer (None for projective and TPS)."""
+    matrix = call.module.transform.matrix(call.theta) if hasattr(call.module.transform, "matrix") else None
+    if matrix is None or matrix.shape[-2:] != (2, 3):
+        return None
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=matrix.dtype, device=matrix.device).expand(len(matrix), 1, 3)
+    return torch.cat([matrix, bottom], 1)
+
+
+def _unstandardised(model: nn.Module, inputs: Tensor, call: TransformerCall) -> Tensor:
+    """The transformer's output as a picture in [0, 1]: a transformer that warps the image as the model's Normalize
+    standardised it has its output mapped back."""
+    for module in model.modules():
+        if isinstance(module, Normalize) and torch.allclose(call.input, module(inputs), atol=1e-5):
+            return call.output * module.std + module.mean
+    return call.output
+
+
+def image_views(model: nn.Module, inputs: Tensor, calls: list[TransformerCall]) -> list[tuple[Tensor, Tensor, bool]]:
+    """(grid in input pixels [K, G, G, 2], picture [K, C, H', W'], composed?) of every transformer that can be drawn
+    on the input: those acting on the image, and feature-map ones that follow a chain of affine transformers."""
+    views = []
+    eye = torch.eye(3, device=inputs.device).expand(len(inputs), 3, 3)
+    chain: Tensor | None = eye  # the affine map (target -> input) of the transformers so far, in forward order
+    affine = AffineTransform()
+    for call in calls:
+        matrix = _affine_matrix(call)
+        if call.input.shape == inputs.shape:
+            views.append((_grid_pixels(call), _unstandardised(model, inputs, call), False))
+            chain = matrix
+        elif chain is not None and matrix is not None:
+            chain = chain @ matrix.to(chain.dtype)
+            theta = chain[:, :2].reshape(len(chain), 6)
+            grid = affine.grid(theta, (GRID_POINTS, GRID_POINTS))
+            height, width = inputs.shape[-2:]
+            pixels = torch.stack([to_pixels(grid[..., 0], width), to_pixels(grid[..., 1], height)], -1)
+            views.append((pixels, warp(inputs, affine, theta), True))
+        else:  # a feature-map transformer after a non-affine one: nothing to compose with
+            chain = None
+    return views
+
+
 @torch.no_grad()
 def transformation_samples(model: nn.Module, images: Tensor, labels: Tensor | tuple) -> TransformationSamples:
-    """Run `model` on uint8 `images` in eval mode, keeping what to draw of every transformer that acts on the image
-    (deeper ones transform feature maps, which have no picture). `labels` may be a split's targets tuple, whose
-    first tensor holds the labels."""
+    """Run `model` on uint8 `images` in eval mode, keeping what to draw of every transformer (see image_views).
+    `labels` may be a split's targets tuple, whose first tensor holds the labels."""
     labels = labels[0] if isinstance(labels, tuple) else labels
     inputs = images_to_inputs(images).to(next(model.parameters()).device)
     output, calls = transformer_calls(model, inputs)
-    on_image = [call for call in calls if call.input.shape == inputs.shape]
-    grids = outputs = None
-    if on_image:
-        grids = torch.stack([_grid_pixels(call) for call in on_image], 1).cpu().numpy()
-        outputs = np.stack([_pictures(call.output) for call in on_image], 1)
+    views = image_views(model, inputs, calls)
+    grids = outputs = composed = None
+    if views:
+        grids = torch.stack([grid for grid, _, _ in views], 1).cpu().numpy()
+        outputs = np.stack([_pictures(picture) for _, picture, _ in views], 1)
+        composed = np.array([[flag for _, _, flag in views]] * len(inputs), dtype=bool)
     return TransformationSamples(
         inputs=_pictures(inputs),
         labels=labels.cpu().numpy(),
         predictions=output.argmax(-1).cpu().numpy(),
         grids=grids,
         outputs=outputs,
+        composed=composed,
     )
 
 
@@ -159,7 +213,14 @@ def _draw_grid(axis, grid: np.ndarray, image_shape: tuple[int, int]) -> None:
 
 
 def _class_text(value: np.ndarray) -> str:
-    return " ".join(str(int(v)) for v in np.atleast_1d(value))
+    """A class ('7'), or a digit sequence as its digits: SVHN's null class after the last digit is left out and
+    shown as '_' elsewhere ([5, 10, 10, 10, 10] -> '5', [8, 5, 10, 2, 10] -> '85_2')."""
+    values = [int(v) for v in np.atleast_1d(value)]
+    if len(values) == 1:
+        return str(values[0])
+    while values and values[-1] == NULL_CLASS:
+        values.pop()
+    return "".join("_" if v == NULL_CLASS else str(v) for v in values) or "(none)"
 
 
 def _prediction_title(axis, prediction: np.ndarray, label: np.ndarray) -> None:
@@ -215,10 +276,10 @@ def draw_transformations(groups: Sequence[tuple[str, TransformationSamples]], ma
         if samples.grids is not None:
             count = samples.grids.shape[1]
             numbers = [""] if count == 1 else [f" {t + 1}" for t in range(count)]
-            names = [
-                "(a) input",
-                *(f"({part}) {kind}{n}" for n in numbers for part, kind in (("b", "grid"), ("c", "output"))),
-            ]
+            composed = samples.composed[0] if samples.composed is not None else np.zeros(count, bool)
+            names = ["(a) input"]
+            for t, n in enumerate(numbers):  # a composed transformer's output is the input seen through ST 1..t+1
+                names += [f"(b) grid{n}", f"(c) input via 1-{t + 1}" if composed[t] else f"(c) output{n}"]
             for axis, name in zip(axes[-1], names, strict=True):
                 axis.set_xlabel(name, fontsize=8)
     return figure
@@ -267,6 +328,39 @@ def table1_figure(runs_dir: Path, columns: Sequence[str], digits: int, models: M
     return draw_transformations(groups)
 
 
+def table2_groups(
+    runs_dir: Path, columns: Sequence[str], models: Sequence[str], count: int
+) -> list[tuple[str, TransformationSamples]]:
+    """The first `count` test images (the centre crop the model sees) of each column through each model's finished
+    run (the lowest seed); a (column, model) without one is left out with a note."""
+    results = [r for r in load_local_results(runs_dir) if r.get("status") == "finished"]
+    groups = []
+    for column in columns:
+        for name in models:
+            runs = [r for r in results if r.get("column") == column and r.get("model") == name]
+            if not runs:
+                print(f"no finished {name} run of column {column} under {runs_dir}: left out")
+                continue
+            result = min(runs, key=lambda r: r["seed"])
+            model = load_model(Path(result["path"]).parent)
+            splits = load_splits(result["config"]["data"])
+            images, targets = splits.split("test")
+            samples = transformation_samples(model, splits.eval_transform(images[:count]), targets[0][:count])
+            groups.append((f"{column}: {display_name(name)} (seed {result['seed']})", samples))
+    return groups
+
+
+def _table2_main(args: argparse.Namespace) -> None:
+    if args.images < 1:
+        raise SystemExit(f"--images must be at least 1, got {args.images}")
+    groups = table2_groups(args.runs, args.columns, args.models, args.images)
+    if not groups:  # a state (before the sweep, or all its runs failed), not an error
+        print(f"nothing to draw under {args.runs}: make the runs with `make reproduce-table2`; no figure drawn")
+        return
+    write_atomic(args.out, figure_png(draw_transformations(groups)))
+    print(f"wrote {args.out}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stn.figures", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -278,7 +372,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     table1.add_argument(
         "--model", action="append", default=[], metavar="COLUMN=MODEL", help="override a column's model"
     )
+    table2 = commands.add_parser("table2", help="input / grids / outputs / digits of trained Table 2 transformers")
+    table2.add_argument("--runs", type=Path, default=Path("runs/table2"), help="a Table 2 recipe's runs folder")
+    table2.add_argument("--out", type=Path, default=Path("results/figures/table2_transformations.png"))
+    table2.add_argument("--columns", nargs="+", default=list(TABLE2_COLUMNS), help="Table 2 columns to show")
+    table2.add_argument("--models", nargs="+", default=list(TABLE2_FIGURE_MODELS), help="models (result names)")
+    table2.add_argument("--images", type=int, default=4, help="test images per column and model")
     args = parser.parse_args(argv)
+    if args.command == "table2":
+        return _table2_main(args)
     models = dict(TABLE1_FIGURE_MODELS)
     for choice in args.model:
         column, sep, model = choice.partition("=")

@@ -29,7 +29,10 @@ DOWNSAMPLE_OPS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
 class ConvLocNet(nn.Sequential):
-    """ST-CNN loc net: downsample x`downsample` -> conv k x k x C -> ReLU -> maxpool 2 -> conv -> ReLU -> FC -> ReLU."""
+    """ST-CNN loc net: downsample x`downsample` -> conv k x k x C -> ReLU -> maxpool 2 -> conv -> ReLU -> FC -> ReLU.
+
+    `fc` is one FC width (Table 1: FC 20) or several, one ReLU layer each (Table 2's ST-CNN Single: FC 32 -> FC 32).
+    """
 
     def __init__(
         self,
@@ -39,7 +42,7 @@ class ConvLocNet(nn.Sequential):
         downsample_op: str = "max",
         channels: int = 20,
         kernel: int = 5,
-        fc: int = 20,
+        fc: int | Sequence[int] = 20,
         pool_ceil: bool = True,
     ) -> None:
         if downsample_op not in DOWNSAMPLE_OPS:
@@ -66,6 +69,10 @@ class ConvLocNet(nn.Sequential):
                 f"convs and a 2x2 pool (final map would be {size[0]}x{size[1]}); use a larger input, a smaller "
                 f"kernel or less downsampling"
             )
-        layers += [nn.Linear(channels * size[0] * size[1], fc), nn.ReLU(inplace=True)]
+        widths = [channels * size[0] * size[1], *([fc] if isinstance(fc, int) else fc)]
+        if len(widths) < 2 or min(widths[1:]) < 1:
+            raise ValueError(f"ConvLocNet needs one or more positive FC widths, got fc={fc}")
+        for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(width_in, width_out), nn.ReLU(inplace=True)]
         super().__init__(*layers)
-        self.out_features = fc
+        self.out_features = widths[-1]
