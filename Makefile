@@ -167,3 +167,21 @@ bench-svhn: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---- Table 3 (CUB-200-2011; README "Table 3"): every row x 3 seeds, each run data-parallel over every visible GPU
+# (torchrun, one process per GPU; the global batch stays budget.batch_size). BUDGET=table3_short for a 1/10 pass.
+# On SLURM: python -m stn.train experiment=table3 hydra/launcher=slurm_ddp hydra.launcher.partition=<partition>
+.PHONY: reproduce-table3 table3 figures-table3
+GPUS ?= $(shell nvidia-smi -L 2>/dev/null | wc -l)
+BUDGET ?= table3
+reproduce-table3: $(STAMP)
+	@test "$(GPUS)" -ge 1 || { echo "Table 3 needs GPUs (none visible); set GPUS=N to override"; exit 2; }
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m stn.train experiment=table3 budget=$(BUDGET) \
+	  paths.runs_dir=$(RUNS) $(EXTRA)
+	$(MAKE) table3 figures-table3 RUNS=$(RUNS) BUDGET=$(BUDGET)
+
+table3: $(STAMP)
+	$(PY) -m stn.results table3 --runs $(RUNS)/table3 --recipe sgd_table3-$(BUDGET) --out results
+
+figures-table3: $(STAMP)
+	$(PY) -m stn.figures table3 --runs $(RUNS)/table3/sgd_table3-$(BUDGET) --out results/figures/table3_crops.png

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
 from stn.atomic import write_atomic
@@ -361,6 +362,46 @@ def _table2_main(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+@torch.no_grad()
+def crop_boxes(model: nn.Module, inputs: Tensor) -> Tensor:
+    """[K, T, 4]: the box (left, top, right, bottom, in input pixels) that each of the model's T attention
+    transformers on the image crops from each of the K float `inputs` (Table 3's NxST-CNN)."""
+    calls = [call for call in transformer_calls(model, inputs)[1] if call.input.shape == inputs.shape]
+    boxes = []
+    for call in calls:
+        corners = call.module.transform.grid(call.theta, (2, 2)).flatten(1, 2)  # [K, 4, 2] normalised (x, y)
+        height, width = inputs.shape[-2:]
+        xs, ys = to_pixels(corners[..., 0], width), to_pixels(corners[..., 1], height)
+        boxes.append(torch.stack([xs.amin(1), ys.amin(1), xs.amax(1), ys.amax(1)], -1))
+    return torch.stack(boxes, 1)
+
+
+CROP_COLOURS = ("tab:orange", "tab:cyan", "tab:pink", "tab:olive")
+
+
+def table3_figure(runs_dir: Path, images: int) -> Figure:
+    """As the right of the paper's Table 3: the first `images` test birds with the crop box of each transformer, a
+    row per finished NxST run (the lowest seed of each model)."""
+    runs = [r for r in load_local_results(runs_dir) if r.get("status") == "finished"]
+    runs = [r for r in runs if (r.get("config") or {}).get("model", {}).get("net", {}).get("layout") is not None]
+    chosen = {r["model"]: r for r in sorted(runs, key=lambda r: -r["seed"])}  # the lowest seed wins
+    if not chosen:
+        raise FileNotFoundError(f"no finished NxST-CNN run under {runs_dir}")
+    figure = Figure(figsize=(2 * images, 2.2 * len(chosen)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(chosen), images, squeeze=False)
+    for row, result in zip(axes, (chosen[name] for name in sorted(chosen)), strict=True):
+        model = load_model(Path(result["path"]).parent)
+        splits = load_splits(result["config"]["data"])
+        birds = images_to_inputs(splits.eval_transform(splits.test_x[:images]))
+        for axis, bird, boxes in zip(row, _pictures(birds), crop_boxes(model, birds).tolist(), strict=False):
+            _show(axis, bird)
+            for (left, top, right, bottom), colour in zip(boxes, CROP_COLOURS * len(boxes), strict=False):
+                axis.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color=colour, lw=2))
+        row[0].set_ylabel(f"{display_name(result['model'])}\n(seed {result['seed']})", fontsize=9)
+    return figure
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stn.figures", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -378,9 +419,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     table2.add_argument("--columns", nargs="+", default=list(TABLE2_COLUMNS), help="Table 2 columns to show")
     table2.add_argument("--models", nargs="+", default=list(TABLE2_FIGURE_MODELS), help="models (result names)")
     table2.add_argument("--images", type=int, default=4, help="test images per column and model")
+    table3 = commands.add_parser("table3", help="the crops of trained Table 3 NxST-CNNs on test birds")
+    table3.add_argument("--runs", type=Path, default=Path("runs/table3"), help="the Table 3 sweep's runs folder")
+    table3.add_argument("--out", type=Path, default=Path("results/figures/table3_crops.png"))
+    table3.add_argument("--images", type=int, default=6, help="test birds per model")
     args = parser.parse_args(argv)
     if args.command == "table2":
         return _table2_main(args)
+    if args.command == "table3":
+        if not any(p.name == "result.json" for p in args.runs.rglob("result.json")):
+            print(
+                f"no runs yet in {args.runs}: make them with `make reproduce-table3` (see README.md); no figure drawn"
+            )
+            return
+        write_atomic(args.out, figure_png(table3_figure(args.runs, args.images)))
+        print(f"wrote {args.out}")
+        return
     models = dict(TABLE1_FIGURE_MODELS)
     for choice in args.model:
         column, sep, model = choice.partition("=")

@@ -24,9 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from stn import distributed
 from stn.checkpoint import load_checkpoint, read_result, save_checkpoint, write_result
 from stn.data import load_splits
-from stn.loggers import build_logger, localisation_stats
+from stn.distributed import SINGLE, World
+from stn.loggers import NoLogger, build_logger, localisation_stats
 from stn.models import count_parameters
 from stn.results.runs import run_sweep_job
 from stn.runinfo import environment, git_state
@@ -45,8 +47,9 @@ WIRING_KEYS = ("loader", "task")
 BUDGET_COUNTS = ("iterations", "batch_size", "eval_every", "checkpoint_every", "log_every", "eval_batch_size")
 BUDGET_SUBSETS = ("train_subset", "val_subset", "test_subset")
 PANEL_IMAGES = 16  # validation images whose transformations the logger draws at each evaluation
-# The random streams derived from the run's seed: batch order and redraw per epoch, augmentation per iteration.
-BATCH_ORDER, REDRAW, AUGMENT = 0, 1, 2
+# The random streams derived from the run's seed: batch order and redraw per epoch, augmentation per iteration, and
+# (several processes only) each rank's own stream for dropout.
+BATCH_ORDER, REDRAW, AUGMENT, RANK = 0, 1, 2, 3
 CLASSIFICATION = Classification()  # Table 1's task, the default of the building blocks gpu-check reuses
 
 
@@ -130,10 +133,14 @@ def evaluate(
     task: Task,
     precision: str = "fp32",
     transform: Callable[[Tensor], Tensor] = unchanged,
+    world: World = SINGLE,
 ) -> float:
-    """The task's % metric of `model` on uint8 images (seen through `transform`) already on the model's device."""
+    """The task's % metric of `model` on uint8 images (seen through `transform`) already on the model's device;
+    with several processes each scores its shard and the correct counts are summed."""
     was_training = model.training
     model.eval()
+    total, part = len(images), distributed.shard(len(images), world)
+    images, targets = images[part], select(targets, part)
     correct = torch.zeros((), dtype=torch.int64, device=images.device)
     for start in range(0, len(images), batch_size):
         batch = slice(start, start + batch_size)
@@ -141,7 +148,7 @@ def evaluate(
             output = model(to_input(transform(images[batch])))
         correct += task.correct(output, select(targets, batch)).sum()
     model.train(was_training)
-    return metric_percent(task.metric, correct.item(), len(images))
+    return metric_percent(task.metric, distributed.sum_over_ranks(correct, world).item(), total)
 
 
 def epoch_batches(
@@ -212,8 +219,9 @@ def build_optimizer(
     model: nn.Module, optim: DictConfig, iterations: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """The optimiser (loc nets at loc_lr_mult x the base lr) and its lr schedule (see lr_factor)."""
-    loc_params = [p for m in model.modules() if isinstance(m, SpatialTransformer) for p in m.localisation_parameters()]
-    loc_ids = {id(p) for p in loc_params}
+    # By id, once each: transformers may share one loc net (CUB's NxST models).
+    loc = {id(p): p for m in model.modules() if isinstance(m, SpatialTransformer) for p in m.localisation_parameters()}
+    loc_params, loc_ids = list(loc.values()), set(loc)
     groups = [{"params": [p for p in model.parameters() if id(p) not in loc_ids], "lr_mult": 1.0}]
     if loc_params:
         groups.append({"params": loc_params, "lr_mult": float(optim.loc_lr_mult)})
@@ -269,9 +277,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s already finished: test %s %.2f%%; nothing to do", run_dir, metric, previous[f"test_{metric}"])
         return previous
 
-    device = pick_device(cfg.device)
+    world, device = distributed.init(pick_device(cfg.device))
+    distributed.check_batch(budget.batch_size, world)
     use_precision(cfg.precision, device)
-    splits = load_splits(cfg.data)
+    with distributed.main_first(world):  # rank 0 builds the stored data once; the others then read it
+        splits = load_splits(cfg.data)
     task: Task = instantiate(cfg.data.task)
     metric, best = task.metric, max if higher_is_better(task.metric) else min
     train_transform = getattr(splits, "train_transform", None)  # per-batch augmentation on the device, if any
@@ -288,7 +298,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"budget.batch_size={budget.batch_size} exceeds the {len(train_x)} training images")
 
     seed_everything(seed)  # the model's initialisation depends on the seed only, not on how the data was loaded
-    model: nn.Module = instantiate(cfg.model.net)
+    with distributed.main_first(world):  # rank 0 downloads pretrained weights (if any) into the cache first
+        model: nn.Module = instantiate(cfg.model.net)
     expected = getattr(model, "input_shape", None)
     seen = tuple(eval_transform(train_x[:1]).shape[1:])  # what the model sees, after any crop
     if expected is not None and tuple(expected) != seen:
@@ -296,10 +307,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"model {cfg.model.name} was built for inputs {list(expected)} but data {cfg.data.name} holds "
             f"{list(seen)}: fix data.input_shape or pick a model/data pair that fit"
         )
+    if world.distributed and device.type == "cuda":  # batch statistics over the global batch, not each shard
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = model
+    if world.distributed:  # averages the gradients of the shards; broadcasts rank 0's initial state
+        device_ids = [device.index] if device.type == "cuda" else None
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    step_model = torch.compile(step_model) if cfg.compile else step_model
     optimizer, scheduler = build_optimizer(model, cfg.optim, budget.iterations)
 
     state = load_checkpoint(run_dir)
@@ -318,7 +335,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("resuming %s from iteration %d", run_dir, state["iteration"])
     else:
         state = {"iteration": 0, "val_history": [], "train_time_s": 0.0, "wall_time_s": 0.0, "logger_run_id": None}
-    logger = build_logger(cfg, run_dir, resume_id=state["logger_run_id"])
+    if world.distributed:  # each rank its own dropout masks (from the seed, the iteration and the rank)
+        torch.manual_seed(stream_seed(seed, state["iteration"] * world.size + world.rank, RANK))
+    logger = build_logger(cfg, run_dir, resume_id=state["logger_run_id"]) if world.main else NoLogger()
 
     def record(status: str, **extra: Any) -> dict[str, Any]:
         commit, dirty = git_state()
@@ -345,6 +364,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "val_examples": len(val_x),
             "test_examples": len(test_x),
             "device": _device_name(device),
+            "processes": world.size,
             "data_meta": splits.meta,
             "git_commit": commit,
             "git_dirty": dirty,
@@ -356,12 +376,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     loss_sum, window_start, mark = torch.zeros((), device=device), state["iteration"], time.perf_counter()
     loop_started, start, total = mark, state["iteration"], budget.iterations
-    progress = tqdm(total=total, initial=start, desc=f"{cfg.data.name}/{cfg.model.name}/seed{seed}", disable=None)
+    desc = f"{cfg.data.name}/{cfg.model.name}/seed{seed}"
+    progress = tqdm(total=total, initial=start, desc=desc, disable=None if world.main else True)
     batches = epoch_batches(train_x, train_y, budget.batch_size, seed, start, splits.redraw, train_transform)
+    # Panels and localisation statistics draw validation images, or test images when there is no validation split
+    # (CUB's official split): pictures only, nothing is selected on them.
+    panel_x, panel_y = (val_x, val_y) if len(val_x) else (test_x, test_y)
+    mine = distributed.shard(budget.batch_size, world)  # this rank's share of every global batch
     model.train()
     try:
         for done, (x, y) in zip(range(start + 1, total + 1), batches, strict=False):
-            loss = train_step(step_model, optimizer, scheduler, x, y, cfg.precision, task)
+            loss = train_step(step_model, optimizer, scheduler, x[mine], select(y, mine), cfg.precision, task)
             loss_sum += loss.detach()
             eval_now = done % budget.eval_every == 0 or done == total
             checkpoint = done % budget.checkpoint_every == 0 or done == total
@@ -369,7 +394,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 continue
 
             # End of a logging window: sync with the device once, check the loss, log, evaluate, checkpoint.
-            mean_loss, seconds = loss_sum.item() / (done - window_start), time.perf_counter() - mark
+            mean_loss = distributed.sum_over_ranks(loss_sum, world).item() / world.size / (done - window_start)
+            seconds = time.perf_counter() - mark
             state["train_time_s"] += seconds
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(
@@ -384,26 +410,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "train/images_per_s": images_per_s,
             }
             if eval_now:
-                val_value = evaluate(model, val_x, val_y, budget.eval_batch_size, task, cfg.precision, eval_transform)
-                state["val_history"].append([done, val_value])
-                probe = eval_transform(val_x[:PANEL_IMAGES])
-                metrics |= {f"val/{metric}": val_value, **localisation_stats(model, to_input(probe))}
-                logger.log_panels(model, probe, select(val_y, slice(PANEL_IMAGES)), step=done)
+                validation = ""
+                if len(val_x):  # CUB's official split has no validation images (data.val_size: 0)
+                    val_value = evaluate(
+                        model, val_x, val_y, budget.eval_batch_size, task, cfg.precision, eval_transform, world
+                    )
+                    state["val_history"].append([done, val_value])
+                    metrics[f"val/{metric}"] = val_value
+                    best_value = best(value for _, value in state["val_history"])
+                    validation = f", val {metric} {val_value:.2f}% (best {best_value:.2f}%)"
+                    progress.set_postfix(loss=f"{mean_loss:.3f}", val=f"{val_value:.2f}%")
                 eta = (time.perf_counter() - loop_started) / (done - start) * (total - done)
                 log.info(
-                    "iteration %d/%d: loss %.4f, val %s %.2f%% (best %.2f%%), %.0f images/s, ETA %s",
+                    "iteration %d/%d: loss %.4f%s, %.0f images/s, ETA %s",
                     done,
                     total,
                     mean_loss,
-                    metric,
-                    val_value,
-                    best(value for _, value in state["val_history"]),
+                    validation,
                     images_per_s,
                     timedelta(seconds=round(eta)),
                 )
-                progress.set_postfix(loss=f"{mean_loss:.3f}", val=f"{val_value:.2f}%")
+            if eval_now and world.main:
+                probe = eval_transform(panel_x[:PANEL_IMAGES])
+                metrics |= localisation_stats(model, to_input(probe))
+                logger.log_panels(model, probe, select(panel_y, slice(PANEL_IMAGES)), step=done)
             logger.log_metrics(metrics, step=done)
-            if checkpoint:
+            if checkpoint:  # every rank updates its state (to record at the end); rank 0 alone writes it
                 if not parameters_finite(model):  # never overwrite a good checkpoint with a broken state
                     raise FloatingPointError(
                         f"parameters became non-finite by iteration {done}; the last good checkpoint (iteration "
@@ -419,27 +451,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     "run_identity": identity,
                     "logger_run_id": logger.run_id,
                 }
-                save_checkpoint({**state, "wall_time_s": state["wall_time_s"] + time.perf_counter() - started}, run_dir)
+                if world.main:
+                    wall_time = state["wall_time_s"] + time.perf_counter() - started
+                    save_checkpoint({**state, "wall_time_s": wall_time}, run_dir)
             progress.update(done - progress.n)
             loss_sum.zero_()
             window_start, mark = done, time.perf_counter()
         progress.close()
-        test_value = evaluate(model, test_x, test_y, budget.eval_batch_size, task, cfg.precision, eval_transform)
+        test_value = evaluate(model, test_x, test_y, budget.eval_batch_size, task, cfg.precision, eval_transform, world)
         logger.log_metrics({f"test/{metric}": test_value}, step=total)
         result = record("finished", **{f"test_{metric}": test_value})
     except Exception as error:
         failure = record("failed", error=f"{type(error).__name__}: {error}")
-        write_result(failure, run_dir)
+        if world.main:
+            write_result(failure, run_dir)
         logger.finish(failure)
         raise
-    write_result(result, run_dir)
+    if world.main:
+        write_result(result, run_dir)
     logger.finish(result)
     log.info(
-        "%s finished: test %s %.2f%%, best val %.2f%%, %.0f images/s",
+        "%s finished: test %s %.2f%%, best val %s, %.0f images/s",
         run_dir,
         metric,
         result[f"test_{metric}"],
-        result[f"best_val_{metric}"],
+        "none" if result[f"best_val_{metric}"] is None else f"{result[f'best_val_{metric}']:.2f}%",
         result["images_per_s"],
     )
     return result

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,7 +135,12 @@ def build_table(
 
 
 def display_name(model: str) -> str:
-    """'st_cnn_tps' -> 'ST-CNN TPS', 'fcn' -> 'FCN' (the paper's row names)."""
+    """'st_cnn_tps' -> 'ST-CNN TPS', 'fcn' -> 'FCN', '2st_cnn_448' -> '2xST-CNN 448px', 'lin2015' -> 'Lin 2015'
+    (the paper's row names)."""
+    if cub := re.fullmatch(r"(?:(\d+)st_)?cnn_(\d+)", model):  # Table 3: [N transformers,] input size
+        return f"{f'{cub[1]}xST-' if cub[1] else ''}CNN {cub[2]}px"
+    if cited := re.fullmatch(r"([a-z]+)(\d{4})", model):  # Table 3's published methods
+        return f"{cited[1].capitalize()} {cited[2]}"
     parts = model.split("_")
     if parts[0] == "st" and len(parts) == 3:
         return f"ST-{parts[1].upper()} {parts[2].capitalize() if parts[2] != 'tps' else 'TPS'}"

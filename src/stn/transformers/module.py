@@ -36,8 +36,13 @@ class SpatialTransformer(nn.Module):
         yield from self.loc_net.parameters()
         yield from self.regressor.parameters()
 
-    def forward(self, x: Tensor, return_theta: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        features = self.loc_net(x)
+    def forward(
+        self, x: Tensor, return_theta: bool = False, features: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Warp x; `features` = loc_net(x) computed by the caller, for transformers that share one loc net (it runs
+        once for all of them)."""
+        if features is None:
+            features = self.loc_net(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             theta = at_least_grid_dtype(self.regressor(features.to(self.regressor.weight.dtype)))
         out = warp(x, self.transform, theta, self.out_size)
