@@ -85,9 +85,9 @@ GPU_MNIST ?= $(or $(MNIST_SOURCE),../shared/data)
 gpu-data: $(STAMP)
 	$(PY) -c "from stn.data.mnist import copy_from_source; copy_from_source('$(GPU_MNIST)', '.gpu_data')"
 
-# Both, then the one line to run on the GPU machine (carry .whl and .gpu_data).
+# Both, then the line to run on the GPU machine (scripts/offline_env.sh sets up python3 from the carried folders).
 gpu-ready: gpu-wheels gpu-data
-	@echo 'python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 && MNIST_SOURCE=.gpu_data/MNIST/raw python3 -m stn.gpu_check --out $$OUT; rc=$$?; tar -czf $$OUT/gpu_check_logs.tgz -C /tmp/stn_gpu_check logs; exit $$rc'
+	@echo 'On the GPU machine, in the repository root with .whl and .gpu_data carried: bash scripts/gpu_check_offline.sh $$OUT'
 
 # The paper's Table 1 (+ TC) from your own runs, next to the paper's numbers: results/table1.{md,csv,tex}.
 reproduce-table1: $(STAMP)
@@ -102,6 +102,7 @@ table1: $(STAMP)
 	@$(if $(filter cpu,$(RECIPE)),echo "Cells marked GPU: fill them (3 seeds, every model) with: make reproduce-table1 RECIPE=fast (or RECIPE=paper), on a GPU")
 
 # The measured comparisons behind Table 1's defaults, rendered into results/evidence/ (CPU hours; see README).
+PE_NOTE := Paper (FCN): P 3.1, E 3.2. The table1 arm holds the appendix strengths (P: corners N(0, 5 px); E: control points N(0, 1.5 px), scale U(0.75, 1)); each evidence arm changes one of them.
 EVIDENCE_STREAM := data=mnist_r,mnist_rts model=fcn,st_fcn_aff seed=0,1,2 $(RECIPE_ARGS_fast)
 evidence-table1: $(STAMP)
 	$(PY) -m stn.train --multirun experiment=table1 $(EVIDENCE_STREAM) paths.runs_dir=$(RUNS)
@@ -124,6 +125,16 @@ evidence-table1: $(STAMP)
 	  --runs $(RUNS)/evidence_fcn_w256 --runs $(RUNS)/evidence_fcn_60k --runs $(RUNS)/evidence_fcn_pooled --common \
 	  --title "The FCN on TC and RTS: training length (15k / 60k iterations) vs width (solved by the equal-parameter rule / 128 / 256) vs input (full / 2x-pooled)" \
 	  --out results/evidence/table1_fcn_length_width.md
+	$(PY) -m stn.train experiment=table1 experiment_name=evidence_p_corner2.5 data=mnist_p model=fcn seed=0 \
+	  $(RECIPE_ARGS_fast) data.distortion.corner_std_px=2.5 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train experiment=table1 experiment_name=evidence_e_control3 data=mnist_e model=fcn seed=0 \
+	  $(RECIPE_ARGS_fast) data.distortion.control_std_px=3.0 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train experiment=table1 experiment_name=evidence_e_noscale data=mnist_e model=fcn seed=0 \
+	  $(RECIPE_ARGS_fast) 'data.distortion.scale=[1.0,1.0]' paths.runs_dir=$(RUNS)
+	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast/mnist_p/fcn --runs $(RUNS)/table1/fast-fast/mnist_e/fcn \
+	  --runs $(RUNS)/evidence_p_corner2.5 --runs $(RUNS)/evidence_e_control3 --runs $(RUNS)/evidence_e_noscale \
+	  --title "How hard are P and E? The FCN's error against the generators' distortion strength (fast recipe)" \
+	  --note "$(PE_NOTE)" --out results/evidence/table1_pe_strength.md
 	$(PY) -m stn.train --multirun experiment=table1 data=mnist_r model=fcn seed=0,1,2 $(RECIPE_ARGS_paper) \
 	  paths.runs_dir=$(RUNS)
 	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_momentum0 data=mnist_r model=fcn \

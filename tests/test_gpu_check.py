@@ -4,6 +4,8 @@ precision setting. Nothing here is timed: speed is measured by `python -m stn.gp
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,6 +275,18 @@ def test_report_is_written_as_markdown_and_json(tmp_path) -> None:
     assert "fp32: not projected, 2 (column, model) pairs unmeasured" in text
 
 
+def test_a_section_whose_every_step_failed_says_why_in_the_summary(tmp_path) -> None:
+    record = synthetic_record()
+    record["sections"]["runs"] = {
+        "status": "failed",
+        "jobs": [{"name": "eager_fcn", "ok": False, "error": "no time left", "compile": False}],
+        "seconds": 108,
+        "budget_s": 108,
+    }
+    text = save(record, tmp_path).with_suffix(".md").read_text()
+    assert "| runs | failed | 108 (108) | eager_fcn: no time left |" in text
+
+
 # --- the training precision ----------------------------------------------------------------------------------------
 
 
@@ -293,3 +307,12 @@ def test_the_cpu_trains_in_float32_whatever_the_precision() -> None:
         with autocast(cpu, precision):
             assert not torch.is_autocast_enabled("cpu")
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_the_offline_script_names_what_is_missing_and_stops(tmp_path):
+    """scripts/gpu_check_offline.sh in a checkout without `make gpu-ready`'s folders: one clear error, exit 2."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check_offline.sh"
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert ".whl/ or .gpu_data/MNIST/raw is missing" in done.stderr and "make gpu-ready" in done.stderr
+    assert not (tmp_path / "out").exists()  # nothing ran

@@ -101,6 +101,7 @@ def test_table_counts_finished_runs_only_and_marks_missing_cells():
     assert "| CNN | — | —<br>paper 1.2 |" in markdown  # the failed run is not a result
     assert "| — |\n" in markdown  # ST-CNN TPS on TC: neither run nor reported
     assert "cnn on R seed 0: failed — ValueError: x" in markdown
+    assert "over the 2 cells run here: 1 within 0.3 pp, 2 within 1 pp." in markdown  # FCN R +0.40, RTS -0.20
     assert (
         "recipe: SGD lr 0.01, momentum 0.9, weight decay 0, x0.1 at 33%, 67% of the budget, 500 iterations x 256 = "
         "0.13M samples (0% of the paper's 38.4M), fresh training distortions every epoch;" in markdown
@@ -140,8 +141,9 @@ def test_mixed_recipes_in_one_cell_are_an_error_unless_one_is_picked():
 
 def test_unrun_cells_the_paper_reports_can_be_marked_for_the_gpu():
     columns, paper = load_paper_table(PAPER_CSV)
-    table = build_table([finished("fcn", "R", 0, 2.0)], columns, paper, missing="GPU")
+    table = build_table([finished("fcn", "R", 0, 2.0), finished("fcn", "P", 0, 5.0)], columns, paper, missing="GPU")
     markdown = render_markdown(table)
+    assert "1 within 0.3 pp, 1 within 1 pp; more than 1 pp off: FCN P (+1.90)." in markdown
     assert "| CNN | — | GPU<br>paper 1.2 |" in markdown
     assert "GPU = reported by the paper, not run here" in markdown
     assert (

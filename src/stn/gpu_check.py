@@ -657,7 +657,8 @@ def render_markdown(record: dict) -> str:
         lines += ["", "**CPU rehearsal**: tiny step counts; it checks the plumbing, its numbers mean nothing."]
     lines += ["", "| section | status | seconds (budget) | note |", "|---|---|---:|---|"]
     for name, section in sections.items():
-        note = (section.get("error") or section.get("summary") or "").replace("\n", " ").replace("|", "/")[:160]
+        note = section.get("error") or section.get("summary") or first_failure(section)
+        note = note.replace("\n", " ").replace("|", "/")[:160]
         lines.append(
             f"| {name} | {section['status']} | {section['seconds']:.0f} ({section['budget_s']:.0f}) | {note} |"
         )
@@ -706,6 +707,18 @@ def render_runs(section: dict) -> list[str]:
         f"fp32 {errors['fp32']}% vs bf16 {errors['bf16']}%: a sanity check, not the equal-error comparison.",
     ]
     return lines
+
+
+def first_failure(section: dict) -> str:
+    """The first failed step of a section that failed without one error of its own (e.g. every run timed out)."""
+    if section.get("status") == "ok":
+        return ""
+    for value in section.values():
+        rows = value if isinstance(value, list) else [value]
+        for row in rows:
+            if isinstance(row, dict) and row.get("ok") is False:
+                return f"{row.get('name', 'a step')}: {failure(row)}"
+    return ""
 
 
 def failure(row: dict) -> str:

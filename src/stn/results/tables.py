@@ -246,6 +246,28 @@ def _per_cell_lines(table: Table) -> list[str]:
     return lines
 
 
+AGREEMENT_PP = (0.3, 1.0)  # the tolerances a reproduction is judged by (issue: fast recipe ±0.3, CPU table ±1)
+
+
+def agreement_lines(table: Table) -> list[str]:
+    """How many run cells land within 0.3 and 1 pp of the paper, and which miss by more than 1 pp (named, with Δ)."""
+    compared = [(m, c, cell) for (m, c), cell in table.cells.items() if cell.diff is not None]
+    if not compared:
+        return []
+    counts = [sum(abs(cell.diff) <= tol + 1e-9 for *_, cell in compared) for tol in AGREEMENT_PP]
+    misses = [
+        f"{display_name(m)} {c} ({format_number(cell.diff, signed=True)})"
+        for m, c, cell in compared
+        if abs(cell.diff) > AGREEMENT_PP[1] + 1e-9
+    ]
+    text = (
+        f"Agreement with the paper over the {len(compared)} cells run here: "
+        + ", ".join(f"{n} within {tol:g} pp" for n, tol in zip(counts, AGREEMENT_PP, strict=True))
+        + (f"; more than {AGREEMENT_PP[1]:g} pp off: {', '.join(misses)}." if misses else ".")
+    )
+    return ["", text]
+
+
 def render_markdown(table: Table) -> str:
     header = ["Model", "Params", *table.columns]
     lines = [f"**{caption(table)}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -255,6 +277,7 @@ def render_markdown(table: Table) -> str:
             cell = table.cells[model, column]
             row.append(_markdown_cell(table, cell))
         lines.append("| " + " | ".join(row) + " |")
+    lines += agreement_lines(table)
     lines += _per_cell_lines(table)
     if table.not_counted:
         lines += ["", f"Not counted ({len(table.not_counted)} runs):", *not_counted_lines(table)]
