@@ -102,7 +102,7 @@ table1: $(STAMP)
 	@$(if $(filter cpu,$(RECIPE)),echo "Cells marked GPU: fill them (3 seeds, every model) with: make reproduce-table1 RECIPE=fast (or RECIPE=paper), on a GPU")
 
 # The measured comparisons behind Table 1's defaults, rendered into results/evidence/ (CPU hours; see README).
-PE_NOTE := Paper (FCN): P 3.1, E 3.2. The table1 arm holds the appendix strengths (P: corners N(0, 5 px); E: control points N(0, 1.5 px), scale U(0.75, 1)); each evidence arm changes one of them.
+PE_NOTE := Paper: P FCN 3.1, ST-FCN Aff 1.5, Proj 1.4, TPS 1.4; E FCN 3.2, ST-FCN Aff 2.7, Proj 2.6, TPS 2.4. The table1 arm has the appendix strengths (P: corners N(0, 5 px) per coordinate; E: control points N(0, 1.5 px), scale U(0.75, 1)); each evidence arm changes one of them. Share of test digits the canvas may cut (ink on the border ring): python -m stn.data.make --variants P --no-figures [data.distortion.corner_std_px=...].
 EVIDENCE_STREAM := data=mnist_r,mnist_rts model=fcn,st_fcn_aff seed=0,1,2 $(RECIPE_ARGS_fast)
 evidence-table1: $(STAMP)
 	$(PY) -m stn.train --multirun experiment=table1 $(EVIDENCE_STREAM) paths.runs_dir=$(RUNS)
@@ -125,21 +125,33 @@ evidence-table1: $(STAMP)
 	  --runs $(RUNS)/evidence_fcn_w256 --runs $(RUNS)/evidence_fcn_60k --runs $(RUNS)/evidence_fcn_pooled --common \
 	  --title "The FCN on TC and RTS: training length (15k / 60k iterations) vs width (solved by the equal-parameter rule / 128 / 256) vs input (full / 2x-pooled)" \
 	  --out results/evidence/table1_fcn_length_width.md
-	$(PY) -m stn.train experiment=table1 experiment_name=evidence_p_corner2.5 data=mnist_p model=fcn seed=0 \
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_p_corner2.5 data=mnist_p model=fcn seed=0 \
 	  $(RECIPE_ARGS_fast) data.distortion.corner_std_px=2.5 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train experiment=table1 experiment_name=evidence_e_control3 data=mnist_e model=fcn seed=0 \
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_p_corner3.5 data=mnist_p \
+	  model=fcn,st_fcn_aff,st_fcn_proj,st_fcn_tps seed=0 $(RECIPE_ARGS_fast) data.distortion.corner_std_px=3.5 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_e_control2 data=mnist_e model=fcn seed=0 \
+	  $(RECIPE_ARGS_fast) data.distortion.control_std_px=2.0 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_e_control3 data=mnist_e model=fcn seed=0 \
 	  $(RECIPE_ARGS_fast) data.distortion.control_std_px=3.0 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train experiment=table1 experiment_name=evidence_e_noscale data=mnist_e model=fcn seed=0 \
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_e_noscale data=mnist_e model=fcn seed=0 \
 	  $(RECIPE_ARGS_fast) 'data.distortion.scale=[1.0,1.0]' paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast/mnist_p/fcn --runs $(RUNS)/table1/fast-fast/mnist_e/fcn \
-	  --runs $(RUNS)/evidence_p_corner2.5 --runs $(RUNS)/evidence_e_control3 --runs $(RUNS)/evidence_e_noscale \
-	  --title "How hard are P and E? The FCN's error against the generators' distortion strength (fast recipe)" \
+	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast/mnist_p --runs $(RUNS)/table1/fast-fast/mnist_e \
+	  $(foreach arm,p_corner2.5 p_corner3.5 e_control2 e_control3 e_noscale,--runs $(RUNS)/evidence_$(arm)) \
+	  --title "How hard are P and E? The error against the generators' distortion strength (fast recipe, seed 0)" \
 	  --note "$(PE_NOTE)" --out results/evidence/table1_pe_strength.md
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_val0 data=mnist_rts,mnist_r \
+	  model=st_fcn_aff,fcn seed=0 $(RECIPE_ARGS_fast) data.val_size=0 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_quarter data=mnist_rts,mnist_r \
+	  model=st_fcn_aff,fcn seed=0 $(RECIPE_ARGS_fast) budget.iterations=37500 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast/mnist_r --runs $(RUNS)/table1/fast-fast/mnist_rts \
+	  --runs $(RUNS)/evidence_val0 --runs $(RUNS)/evidence_quarter --common \
+	  --title "Closing the fast recipe's gap on R and RTS: all 60k training digits, or 1/4 of the paper's samples" \
+	  --out results/evidence/table1_fast_recipe_gaps.md
 	$(PY) -m stn.train --multirun experiment=table1 data=mnist_r model=fcn seed=0,1,2 $(RECIPE_ARGS_paper) \
 	  paths.runs_dir=$(RUNS)
 	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_momentum0 data=mnist_r model=fcn \
 	  seed=0,1,2 $(RECIPE_ARGS_paper) optim.optimizer.momentum=0 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare --runs $(RUNS)/table1/sgd_table1-paper --runs $(RUNS)/evidence_momentum0 --common \
+	$(PY) -m stn.results compare --runs $(RUNS)/table1/sgd_table1-paper/mnist_r/fcn --runs $(RUNS)/evidence_momentum0 --common \
 	  --title "Momentum 0 vs 0.9 at the paper's schedule (150k x 256, lr 0.01 x0.1 at 50k/100k, fresh data)" \
 	  --out results/evidence/table1_momentum.md
 

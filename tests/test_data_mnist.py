@@ -36,6 +36,7 @@ from stn.data.distortions import (
     render,
     sample_params,
 )
+from stn.data.make import ink_on_border
 from stn.data.make import main as make_main
 from stn.data.mnist import MNIST_FILES, MnistNotFoundError, load_mnist, raw_folder
 from stn.data.store import CorruptDatasetError
@@ -226,6 +227,18 @@ def test_e_control_offsets_follow_the_recipe_and_move_the_tps_control_points(tes
     regular = TPSTransform(4).control_points * 13.5
     expected = (regular + params["control_offsets_px"]) / params["scale"].double()[:, None, None]
     assert torch.allclose(at_controls * 13.5, expected, atol=1e-3)
+
+
+def test_ink_on_border_counts_the_digits_the_canvas_may_cut(test_digits):
+    digits = test_digits[:2000, None].numpy()
+    assert 0.005 < ink_on_border(digits) < 0.05  # plain MNIST: a few digits touch their frame's edge
+    spec = spec_of("p")
+    params = sample_params(spec, test_digits[:2000], torch.Generator().manual_seed(0))
+    warped = render(spec, test_digits[:2000], params).numpy()
+    assert ink_on_border(warped) > 5 * ink_on_border(digits)  # 5 px corners often push ink past the canvas
+    frame = np.zeros_like(digits[:4])
+    frame[:2, 0, 0, 5] = 1  # two images touch the top row
+    assert ink_on_border(frame) == 0.5
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
