@@ -9,15 +9,18 @@ STAMP := $(VENV)/.installed
 #   paper: the paper's schedule (150k x 256, SGD lr 0.01 x0.1 at 50k/100k) with momentum 0.9 and fresh training
 #          distortions, every cell, 3 seeds: the faithful reproduction (default on a GPU box)
 #   fast:  the fast recipe (optim=fast budget=fast: 1/10 of the paper's samples), every cell, 3 seeds
+#   quarter: the fast recipe at 1/4 of the paper's samples (budget=quarter), every cell, 3 seeds: closer to the paper
 #   cpu:   the fast recipe, 1 seed, the cells that fit ~2 h on 2 CPU cores (default without a GPU); the rest of the
 #          table shows "GPU" and the command that fills it is printed
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 RECIPE ?= $(if $(HAS_GPU),paper,cpu)
 RECIPE_ARGS_paper := optim=sgd_table1 budget=paper
 RECIPE_ARGS_fast := optim=fast budget=fast
+RECIPE_ARGS_quarter := optim=fast budget=quarter
 RECIPE_ARGS_cpu := $(RECIPE_ARGS_fast) seed=0 model=fcn,st_fcn_aff,st_fcn_proj,st_fcn_tps
 RECIPE_FOLDER_paper := sgd_table1-paper
 RECIPE_FOLDER_fast := fast-fast
+RECIPE_FOLDER_quarter := fast-quarter
 RECIPE_FOLDER_cpu := fast-fast
 LAUNCHER ?= local
 RUNS ?= runs
@@ -91,7 +94,7 @@ gpu-ready: gpu-wheels gpu-data
 
 # The paper's Table 1 (+ TC) from your own runs, next to the paper's numbers: results/table1.{md,csv,tex}.
 reproduce-table1: $(STAMP)
-	@test -n "$(RECIPE_FOLDER_$(RECIPE))" || { echo "unknown RECIPE=$(RECIPE): use paper, fast or cpu"; exit 2; }
+	@test -n "$(RECIPE_FOLDER_$(RECIPE))" || { echo "unknown RECIPE=$(RECIPE): use paper, fast, quarter or cpu"; exit 2; }
 	@echo "Table 1 sweep: recipe $(RECIPE) ($(RECIPE_ARGS_$(RECIPE))), launcher $(LAUNCHER), runs in $(RUNS)/table1"
 	$(PY) -m stn.train --multirun experiment=table1 $(RECIPE_ARGS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
 	$(MAKE) table1 figures RUNS=$(RUNS) RECIPE=$(RECIPE)

@@ -57,6 +57,15 @@ def test_paths_defaults_and_run_dir(hydra_configs, monkeypatch):
     assert cfg.data.name == "mnist_r" and cfg.model.name == "cnn"
 
 
+def test_the_fast_budgets_are_the_stated_fractions_of_the_papers_samples(hydra_configs):
+    def samples(budget: str) -> int:
+        cfg = hydra_configs(f"budget={budget}")
+        return cfg.budget.iterations * cfg.budget.batch_size
+
+    assert samples("paper") == 150_000 * 256
+    assert samples("fast") * 10 == samples("paper") and samples("quarter") * 4 == samples("paper")
+
+
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_every_budget_is_valid(hydra_configs, budget):
     cfg = hydra_configs(f"budget={budget}")
