@@ -27,8 +27,8 @@ from torch import Tensor
 import stn
 from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, verify_file
-from stn.data.splits import LabelledSplits
-from stn.data.store import ensure_stored, read_matching, write_atomic
+from stn.data.splits import LabelledSplits, split_tensors
+from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
 from stn.data.svhn import RESAMPLE, center_crop, default_workers, map_images, random_crops
 
 log = logging.getLogger(__name__)
@@ -350,12 +350,7 @@ def build_dataset(cfg: CubConfig, progress: bool = True) -> Path:
 
 def ensure_dataset(cfg: CubConfig, progress: bool = True) -> Path:
     """The stored file of `cfg`, built first if it does not exist (an existing file is left untouched)."""
-    return ensure_stored(cfg.path, lambda: build_dataset(cfg, progress))
-
-
-def read_dataset(cfg: CubConfig) -> tuple[dict[str, np.ndarray], dict]:
-    """Read and verify (sha256) the stored file of `cfg`."""
-    return read_matching(cfg.path, cfg.generation(), cfg.seed)
+    return ensure_stored(cfg, lambda: build_dataset(cfg, progress))
 
 
 # ---------------------------------------------------------------- on-device augmentation
@@ -401,7 +396,7 @@ def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> CubSpl
     """Load the stored set of a CUB data config, building it first if it is missing."""
     cfg = CubConfig.from_cfg(data_cfg)
     path = ensure_dataset(cfg, progress)
-    arrays, attrs = read_dataset(cfg)
+    arrays, attrs = read_matching(cfg)
     missing = {split: count for split, count in attrs["source"]["missing"].items() if count}
     if missing:
         log.warning(
@@ -410,26 +405,16 @@ def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> CubSpl
             path,
             missing,
         )
-    t = {key: torch.from_numpy(value) for key, value in arrays.items()}
-    meta = {
-        "name": cfg.name,
-        "missing": missing,
-        "path": str(path.resolve()),
-        "sha256": attrs["sha256"],
-        "seed": cfg.seed,
-        "generation": attrs["generation"],
-        "source": attrs["source"],
-        "stn_version": attrs["stn_version"],
-        "sizes": attrs["sizes"],
-        "crop_size": cfg.crop_size,
-    }
+    meta = stored_meta(
+        cfg,
+        attrs,
+        missing=missing,
+        source=attrs["source"],
+        sizes=attrs["sizes"],
+        crop_size=cfg.crop_size,
+    )
     return CubSplits(
-        train_x=t["train/images"],
-        train_y=t["train/labels"],
-        val_x=t["val/images"],
-        val_y=t["val/labels"],
-        test_x=t["test/images"],
-        test_y=t["test/labels"],
+        **split_tensors(arrays),
         num_classes=cfg.num_classes,
         crop_size=cfg.crop_size,
         flip=cfg.flip,

@@ -18,8 +18,8 @@ from tqdm import tqdm
 import stn
 from stn.data.distortions import DistortionSpec, generate
 from stn.data.mnist import MNIST_MD5, SPLIT_SIZES, MnistArrays, load_mnist
-from stn.data.splits import LabelledSplits
-from stn.data.store import ensure_stored, read_matching, write_atomic
+from stn.data.splits import LabelledSplits, split_tensors
+from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +174,12 @@ def generate_dataset(cfg: DataConfig, progress: bool = True) -> Path:
 
 def ensure_dataset(cfg: DataConfig, progress: bool = True) -> Path:
     """The stored file for `cfg`, generated first if it does not exist (an existing file is left untouched)."""
-    return ensure_stored(cfg.path, lambda: generate_dataset(cfg, progress))
+    return ensure_stored(cfg, lambda: generate_dataset(cfg, progress))
 
 
 def read_dataset(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     """Read and verify the stored file of `cfg` (it must exist)."""
-    return read_matching(cfg.path, cfg.generation(), cfg.seed)
+    return read_matching(cfg)
 
 
 class Redraw:
@@ -212,36 +212,21 @@ def prepare(data_cfg: DictConfig | Mapping) -> None:
 def load_splits(data_cfg: DictConfig | Mapping) -> MnistSplits:
     """Load the stored splits of a data config, generating the HDF5 file first if it is missing."""
     cfg = DataConfig.from_cfg(data_cfg)
-    path = ensure_dataset(cfg)
+    ensure_dataset(cfg)
     arrays, attrs = read_dataset(cfg)
-    tensors = {key: torch.from_numpy(value) for key, value in arrays.items()}
     redraw = None
     if cfg.redraw_train:
         mnist = load_mnist(cfg.root, cfg.mnist_source)
-        redraw = Redraw(cfg, mnist.train_images[tensors["train/source_index"]])
-    meta = {
-        "name": cfg.name,
-        "variant": cfg.variant,
-        "path": str(path.resolve()),
-        "sha256": attrs["sha256"],
-        "seed": cfg.seed,
-        "generation": attrs["generation"],
-        "mnist_md5": attrs["mnist_md5"],
-        "stn_version": attrs["stn_version"],
-        "redraw_train": cfg.redraw_train,
-        "sizes": {split: len(tensors[f"{split}/labels"]) for split in SPLITS},
-    }
-    return MnistSplits(
-        train_x=tensors["train/images"],
-        train_y=tensors["train/labels"],
-        val_x=tensors["val/images"],
-        val_y=tensors["val/labels"],
-        test_x=tensors["test/images"],
-        test_y=tensors["test/labels"],
-        num_classes=cfg.num_classes,
-        redraw=redraw,
-        meta=meta,
+        redraw = Redraw(cfg, mnist.train_images[torch.from_numpy(arrays["train/source_index"])])
+    meta = stored_meta(
+        cfg,
+        attrs,
+        variant=cfg.variant,
+        mnist_md5=attrs["mnist_md5"],
+        redraw_train=cfg.redraw_train,
+        sizes={split: len(arrays[f"{split}/labels"]) for split in SPLITS},
     )
+    return MnistSplits(**split_tensors(arrays), num_classes=cfg.num_classes, redraw=redraw, meta=meta)
 
 
 def stored_params(arrays: Mapping[str, np.ndarray], split: str) -> dict[str, Tensor]:

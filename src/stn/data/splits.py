@@ -42,6 +42,13 @@ class LabelledSplits:
         return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
 
 
+def split_tensors(arrays: Mapping, fields: Mapping[str, str] | None = None) -> dict[str, Tensor]:
+    """A stored file's "<split>/<name>" arrays as the Splits fields "<split>_<field>" (fields: field -> name;
+    default x = images, y = labels), as CPU tensors sharing the arrays' memory."""
+    fields = fields or {"x": "images", "y": "labels"}
+    return {f"{s}_{f}": torch.from_numpy(arrays[f"{s}/{name}"]) for s in SPLIT_NAMES for f, name in fields.items()}
+
+
 def data_module(data_cfg: DictConfig | Mapping) -> ModuleType:
     """The module a data config's `loader:` names."""
     name = data_cfg.get("loader")

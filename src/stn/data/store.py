@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import h5py
 import numpy as np
@@ -20,6 +21,15 @@ import numpy as np
 from stn.atomic import atomic_path
 
 Arrays = dict[str, np.ndarray]  # "split/name" -> array
+
+
+class StoredConfig(Protocol):
+    """What every dataset config gives the store: where its file lives and what it must have been made with."""
+
+    path: Path
+    seed: int
+
+    def generation(self) -> dict: ...
 
 
 class CorruptDatasetError(RuntimeError):
@@ -80,16 +90,30 @@ def _corrupt(path: Path, why: str) -> CorruptDatasetError:
     )
 
 
-def ensure_stored(path: Path, build: Callable[[], object]) -> Path:
-    """`path`, built first by `build()` if it does not exist (an existing file is left untouched)."""
-    if not path.exists():
+def ensure_stored(cfg: StoredConfig, build: Callable[[], object]) -> Path:
+    """The stored file of `cfg`, built first by `build()` if it does not exist (an existing file is left untouched)."""
+    if not cfg.path.exists():
         build()
-    return path
+    return cfg.path
 
 
-def read_matching(path: Path, generation: Mapping, seed: int) -> tuple[Arrays, dict]:
-    """Read and verify (sha256) a stored set, and check that it was made with `generation` and `seed`."""
-    arrays, attrs = read_verified(path)
-    if attrs.get("generation") != generation or attrs.get("seed") != seed:
-        raise ValueError(f"{path} was made with other parameters than the config asks for; delete it")
+def read_matching(cfg: StoredConfig) -> tuple[Arrays, dict]:
+    """Read and verify (sha256) the stored set of `cfg`, and check that it was made with cfg's generation and seed."""
+    arrays, attrs = read_verified(cfg.path)
+    if attrs.get("generation") != cfg.generation() or attrs.get("seed") != cfg.seed:
+        raise ValueError(f"{cfg.path} was made with other parameters than the config asks for; delete it")
     return arrays, attrs
+
+
+def stored_meta(cfg: StoredConfig, attrs: Mapping, **extra: object) -> dict:
+    """What a run records about the stored set it trained on: the file, its checksum, seed, generation and code
+    version, then each loader's own fields (`extra`)."""
+    return {
+        "name": attrs["name"],
+        "path": str(cfg.path.resolve()),
+        "sha256": attrs["sha256"],
+        "seed": attrs["seed"],
+        "generation": attrs["generation"],
+        "stn_version": attrs["stn_version"],
+        **extra,
+    }

@@ -36,8 +36,8 @@ import stn
 from stn.atomic import write_atomic as write_text_atomic
 from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, file_digests, urls_under, verify_file
-from stn.data.splits import SPLIT_NAMES
-from stn.data.store import ensure_stored, read_matching, write_atomic
+from stn.data.splits import SPLIT_NAMES, split_tensors
+from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -562,12 +562,7 @@ def build_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
 
 def ensure_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
     """The stored file of `cfg`, built first if it does not exist (an existing file is left untouched)."""
-    return ensure_stored(cfg.path, lambda: build_dataset(cfg, progress))
-
-
-def read_dataset(cfg: SvhnConfig) -> tuple[dict[str, np.ndarray], dict]:
-    """Read and verify (sha256) the stored file of `cfg`."""
-    return read_matching(cfg.path, cfg.generation(), cfg.seed)
+    return ensure_stored(cfg, lambda: build_dataset(cfg, progress))
 
 
 # ---------------------------------------------------------------- on-device crops
@@ -681,7 +676,7 @@ def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> SvhnSp
     """Load the stored set of an SVHN data config, building it first if it is missing."""
     cfg = SvhnConfig.from_cfg(data_cfg)
     path = ensure_dataset(cfg, progress)
-    arrays, attrs = read_dataset(cfg)
+    arrays, attrs = read_matching(cfg)
     incomplete = {
         s: f"{v['present']} of {v['official_count']}"
         for s, v in attrs["sources"].items()
@@ -694,30 +689,17 @@ def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> SvhnSp
             path,
             incomplete,
         )
-    t = {key: torch.from_numpy(value) for key, value in arrays.items()}
-    meta = {
-        "name": cfg.name,
-        "incomplete": incomplete,
-        "path": str(path.resolve()),
-        "sha256": attrs["sha256"],
-        "seed": cfg.seed,
-        "generation": attrs["generation"],
-        "sources": attrs["sources"],
-        "longer_than_max_digits": attrs["longer_than_max_digits"],
-        "stn_version": attrs["stn_version"],
-        "sizes": attrs["sizes"],
-        "crop_size": cfg.crop_size,
-    }
+    meta = stored_meta(
+        cfg,
+        attrs,
+        incomplete=incomplete,
+        sources=attrs["sources"],
+        longer_than_max_digits=attrs["longer_than_max_digits"],
+        sizes=attrs["sizes"],
+        crop_size=cfg.crop_size,
+    )
     return SvhnSplits(
-        train_x=t["train/images"],
-        train_y=t["train/labels"],
-        train_len=t["train/lengths"],
-        val_x=t["val/images"],
-        val_y=t["val/labels"],
-        val_len=t["val/lengths"],
-        test_x=t["test/images"],
-        test_y=t["test/labels"],
-        test_len=t["test/lengths"],
+        **split_tensors(arrays, {"x": "images", "y": "labels", "len": "lengths"}),
         num_classes=NULL_CLASS + 1,
         num_digits=cfg.max_digits,
         crop_size=cfg.crop_size,
