@@ -366,12 +366,6 @@ def random_crop_flip(images: Tensor, size: int, generator: torch.Generator | Non
 class CubSplits(LabelledSplits):
     """uint8 images [N, 3, S, S] (CPU; S = image_size) and int64 labels [N] (0-based) of each split."""
 
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
     num_classes: int
     crop_size: int
     flip: bool

@@ -107,12 +107,6 @@ class DataConfig:
 class MnistSplits(LabelledSplits):
     """Images (uint8 [N, 1, S, S], CPU) and int64 labels of the three splits (stn.data.splits.Splits)."""
 
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
     num_classes: int
     # redraw(epoch_seed, device) -> fresh uint8 train images [N_train, 1, S, S] on `device`, same digit order as
     # train_y; None unless data_cfg.redraw_train is true.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -33,8 +34,17 @@ class Splits(Protocol):
     def split(self, name: str) -> tuple[Tensor, Any]: ...
 
 
+@dataclass
 class LabelledSplits:
-    """split() for datasets whose targets are one label tensor, held as <split>_x / <split>_y."""
+    """Datasets whose targets are one label tensor: images <split>_x and labels <split>_y (subclasses add the
+    rest of Splits)."""
+
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
 
     def split(self, name: str) -> tuple[Tensor, Tensor]:
         if name not in SPLIT_NAMES:
