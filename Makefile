@@ -27,6 +27,8 @@ RECIPE_FOLDER_quarter := fast-quarter
 RECIPE_FOLDER_cpu := fast-fast
 LAUNCHER ?= local
 RUNS ?= runs
+# Where make table1 writes the rendered table.
+RESULTS ?= results
 EXTRA ?=
 
 .PHONY: setup lock test lint data params bench bench-transformer bench-data reproduce-table1 table1 figures clean-venv \
@@ -104,10 +106,13 @@ reproduce-table1: $(STAMP)
 	  $(RECIPE_CELLS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS))
 	$(MAKE) table1 figures RUNS=$(RUNS) RECIPE=$(RECIPE)
 
+# A variable, so that its commas do not split the $(if ...) that prints it.
+GPU_CELLS_HINT := Cells marked GPU: fill them (3 seeds, every model) with: make reproduce-table1 RECIPE=fast (or \
+  RECIPE=paper), on a GPU
 table1: $(STAMP)
-	$(PY) -m stn.results table1 --runs $(RUNS)/table1 --recipe $(RECIPE_FOLDER_$(RECIPE)) --out results \
+	$(PY) -m stn.results table1 --runs $(RUNS)/table1 --recipe $(RECIPE_FOLDER_$(RECIPE)) --out $(RESULTS) \
 	  $(if $(filter cpu,$(RECIPE)),--missing GPU)
-	@$(if $(filter cpu,$(RECIPE)),echo "Cells marked GPU: fill them (3 seeds, every model) with: make reproduce-table1 RECIPE=fast (or RECIPE=paper), on a GPU")
+	@$(if $(filter cpu,$(RECIPE)),echo "$(GPU_CELLS_HINT)")
 
 # The measured comparisons behind Table 1's defaults, rendered into results/evidence/ (CPU hours; see README).
 PE_NOTE := Paper: P FCN 3.1, ST-FCN Aff 1.5, Proj 1.4, TPS 1.4; E FCN 3.2, ST-FCN Aff 2.7, Proj 2.6, TPS 2.4. The table1 arm has the appendix strengths (P: corners N(0, 5 px) per coordinate; E: control points N(0, 1.5 px), scale U(0.75, 1)); each evidence arm changes one of them. Share of test digits the canvas may cut (ink on the border ring): python -m stn.data.make --variants P --no-figures [data.distortion.corner_std_px=...].

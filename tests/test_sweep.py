@@ -116,6 +116,31 @@ def test_table_from_the_result_files(sweep, tmp_path):
 
 
 @pytest.mark.slow
+def test_make_table1_on_a_cpu_marks_the_gpu_cells_and_prints_how_to_fill_them(sweep, tmp_path):
+    """The last step of `make reproduce-table1` on a CPU (RECIPE=cpu), here over the smoke sweep's folder."""
+    command = [
+        "make", "--no-print-directory", "table1", "RECIPE=cpu", f"RECIPE_FOLDER_cpu={RECIPE}",
+        f"RUNS={sweep / 'runs'}", f"RESULTS={tmp_path}", "STAMP=", f"PY={sys.executable}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Cells marked GPU: fill them (3 seeds, every model) with: make reproduce-table1 RECIPE=fast" in done.stdout
+    markdown = (tmp_path / "table1.md").read_text()
+    assert "GPU<br>paper 1.5" in markdown  # CNN on P: not run here, reported by the paper
+    fcn_r = result(sweep, "mnist_r", "fcn")
+    assert f"{fcn_r['test_error']:.2f} (n=1)<br>paper 2.1" in markdown
+
+
+def test_rendering_a_table_from_a_missing_runs_folder_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        results_main(["table1", "--runs", str(tmp_path / "runs" / "table1"), "--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    printed = capsys.readouterr().err
+    assert f"no runs folder {tmp_path / 'runs' / 'table1'}; run the sweep first (make reproduce-table1" in printed
+    assert "Traceback" not in printed and not list(tmp_path.glob("table1.*"))
+
+
+@pytest.mark.slow
 def test_table_from_the_offline_wandb_runs_has_the_same_numbers(sweep, tmp_path):
     runs = str(sweep / "runs" / "table1")
     results_main(["table1", "--runs", runs, "--out", str(tmp_path / "local")])

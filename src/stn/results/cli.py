@@ -48,7 +48,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     compare.add_argument("--note", help="a paragraph printed under the title (e.g. the machine and its load)")
     compare.add_argument("--table", choices=sorted(TABLES), default="table1", help="the paper table the runs belong to")
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except FileNotFoundError as error:  # no runs folder yet, or a misspelt path: the message says which and why
+        parser.exit(2, f"python -m stn.results: {error}\n")
 
+
+def run(args: argparse.Namespace) -> None:
     if args.command == "compare":
         records = [record for runs in args.runs for record in load_local_results(runs)]
         text = render_comparison(records, args.title, args.common, args.note, TABLES[args.table])

@@ -103,7 +103,9 @@ def load_results(source: str, runs_dir: Path, wandb_path: str | None = None) -> 
     if source == "wandb" and wandb_path:
         results = [result_from_wandb(run) for run in online_wandb_runs(wandb_path, Path(runs_dir).name)]
     elif not Path(runs_dir).is_dir():
-        raise FileNotFoundError(f"no runs folder {runs_dir}; run the sweep first or pass --runs")
+        raise FileNotFoundError(
+            f"no runs folder {runs_dir}; run the sweep first (make reproduce-table1 ...) or pass --runs"
+        )
     elif source == "local":
         results = load_local_results(runs_dir)
     else:
