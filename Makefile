@@ -31,7 +31,7 @@ RUNS ?= runs
 RESULTS ?= results
 EXTRA ?=
 
-.PHONY: setup lock test lint data params bench bench-transformer bench-data reproduce-table1 table1 figures clean-venv \
+.PHONY: setup lock test lint data params bench bench-transformer bench-data bench-train reproduce-table1 table1 figures clean-venv \
 	evidence-table1
 
 setup: $(STAMP)
@@ -62,13 +62,17 @@ data: $(STAMP)
 params: $(STAMP)
 	$(PY) -m stn.models.params
 
-bench: bench-transformer bench-data
+bench: bench-transformer bench-data bench-train
 
 bench-transformer: $(STAMP)
 	$(PY) -m stn.bench.transformer
 
 bench-data: $(STAMP)
 	$(PY) -m stn.bench.data
+
+# Training images/s of the Table 1 models per precision (fp32 / bf16 / compile): results/bench/train_<device>.md
+bench-train: $(STAMP)
+	$(PY) -m stn.bench.train $(BENCH_TRAIN_ARGS)
 
 # The GPU check (README "GPU check"): tests, short runs, kill-and-resume, throughput, concurrency and the Table 1
 # projection in <= 8 minutes on one GPU, into results/bench/gpu_check_<gpu>.{md,json}. Without a GPU: a CPU rehearsal.

@@ -272,3 +272,26 @@ def test_the_trainer_augments_each_batch_with_a_device_generator_and_evaluates_t
     resumed = list(zip(range(3), epoch_batches(images, labels, 16, 7, 3, None, fake.train_transform), strict=False))
     for (_, (x_full, y_full)), (_, (x_res, y_res)) in zip(full[3:], resumed, strict=True):
         assert torch.equal(x_full, x_res) and torch.equal(y_full, y_res)
+
+
+def test_bf16_on_the_cpu_trains_under_autocast_with_channels_last_and_is_its_own_run(overrides):
+    seen = []
+
+    def spy(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d) and module.training:
+            seen.append((output.dtype, module.weight.is_contiguous(memory_format=torch.channels_last)))
+
+    fp32 = train(config(*overrides, "model=st_cnn_aff", "seed=4"))
+    assert "cpu_precision" not in fp32["run_identity"]  # fp32 identities stay those of the runs made before the key
+    handle = torch.nn.modules.module.register_module_forward_hook(spy)
+    try:
+        bf16 = train(config(*overrides, "model=st_cnn_aff", "seed=4", "cpu_precision=bf16", "experiment_name=bf16"))
+    finally:
+        handle.remove()
+    assert bf16["status"] == "finished" and bf16["run_identity"]["cpu_precision"] == "bf16"
+    assert seen and set(seen) == {(torch.bfloat16, True)}  # every training convolution: bf16, channels_last
+    assert bf16["test_error"] <= 100 and bf16["val_history"][-1][1] <= 100
+    with pytest.raises(ValueError, match="different configuration"):  # the fp32 run's folder is not overwritten
+        train(config(*overrides, "model=st_cnn_aff", "seed=4", "cpu_precision=bf16"))
+    with pytest.raises(ValueError, match=r"cpu_precision must be one of \('bf16', 'fp32'\).*got 'fp16'"):
+        train(config(*overrides, "model=st_cnn_aff", "seed=5", "cpu_precision=fp16"))

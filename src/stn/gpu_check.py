@@ -51,7 +51,7 @@ from stn.data import load_splits
 from stn.models.params import CONFIG_DIR
 from stn.runinfo import REPO_ROOT, environment, git_state
 from stn.runtime import pick_device, seed_everything
-from stn.train import build_optimizer, epoch_batches, train_step, use_precision
+from stn.train import build_optimizer, epoch_batches, train_step, use_precision, wants_channels_last
 
 # Section -> weight: a section gets weight / (weights of the sections still to run) of the time left.
 SECTIONS = {"data": 1, "tests": 1, "runs": 3, "throughput": 5, "concurrency": 2, "projection": 0}
@@ -838,8 +838,9 @@ def measure(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, plan: P
     use_precision(cfg.precision, device)
     seed_everything(0)
     model = instantiate(cfg.model.net).to(device)
-    if device.type == "cuda":
+    if wants_channels_last(device, cfg.precision):
         model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if cfg.compile:
         torch._dynamo.reset()  # a fresh compile per model, as a run gets (and no recompile limit across models)

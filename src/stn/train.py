@@ -39,7 +39,8 @@ from stn.transformers import SpatialTransformer
 log = logging.getLogger(__name__)
 
 # The config sections that make two runs the same run; compared unresolved, so moving the data or runs folder
-# (paths.*) does not matter, while any change of data, model, optimiser, budget, seed or precision does.
+# (paths.*) does not matter, while any change of data, model, optimiser, budget, seed or precision (cpu_precision
+# too, when it is not fp32) does.
 IDENTITY_KEYS = ("seed", "data", "model", "optim", "budget", "precision")
 # Data keys that say how a dataset is loaded and scored, not what is trained: each dataset has one of each, and the
 # Table 1 runs made before these keys existed must still match their checkpoints and results.
@@ -57,6 +58,9 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=False)
     identity = {key: config[key] for key in IDENTITY_KEYS}
     identity["data"] = {key: value for key, value in identity["data"].items() if key not in WIRING_KEYS}
+    cpu_precision = config.get("cpu_precision", "fp32")
+    if cpu_precision != "fp32":  # left out at fp32, the CPU's only precision before the key existed: older runs match
+        identity["cpu_precision"] = cpu_precision
     return identity
 
 
@@ -101,22 +105,35 @@ def to_input(images: Tensor) -> Tensor:
 PRECISIONS = ("bf16", "fp32")
 
 
-def use_precision(precision: str, device: torch.device) -> None:
-    """Check cfg.precision and set the float32 matmul mode it implies: TF32 for fp32 on CUDA (the fast float32
-    path), full float32 otherwise (a bf16 run keeps its float32 theta and grids exact; the CPU is unchanged). Set
-    either way, as it is process-wide and one process may train several runs."""
+def device_precision(cfg: DictConfig, device: torch.device) -> str:
+    """The precision a run trains in on `device`: cfg.precision on CUDA, cfg.cpu_precision on the CPU (each checked)."""
+    key = "precision" if device.type == "cuda" else "cpu_precision"
+    precision = cfg.get(key, "fp32")
     if precision not in PRECISIONS:
         raise ValueError(
-            f"precision must be one of {PRECISIONS} (bf16: bf16 autocast on CUDA; fp32: float32 with TF32 matmuls "
-            f"on CUDA), got {precision!r}"
+            f"{key} must be one of {PRECISIONS} (bf16: bf16 autocast, theta and grids stay float32; fp32: float32, "
+            f"TF32 matmuls on CUDA), got {precision!r}"
         )
+    return precision
+
+
+def use_precision(precision: str, device: torch.device) -> None:
+    """Set the float32 matmul mode `precision` implies: TF32 for fp32 on CUDA (the fast float32 path), full float32
+    otherwise (a bf16 run keeps its float32 theta and grids exact). Set either way, as it is process-wide and one
+    process may train several runs."""
     torch.set_float32_matmul_precision("high" if precision == "fp32" and device.type == "cuda" else "highest")
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 autocast for precision bf16 on CUDA (the spatial transformer keeps theta and grids in float32); off for
-    fp32 and on the CPU, which always trains in float32 (its budgets were measured so)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
+    """bf16 autocast for precision bf16 (the spatial transformer keeps theta and grids in float32), on either
+    device; off for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def wants_channels_last(device: torch.device, precision: str) -> bool:
+    """channels_last models: always on CUDA; on the CPU with bf16, whose oneDNN convolutions it speeds up (the CNN on
+    R trains 2.7x faster in bf16 + channels_last than in float32: results/bench/train_cpu.md)."""
+    return device.type == "cuda" or precision == "bf16"
 
 
 def unchanged(images: Tensor) -> Tensor:
@@ -279,7 +296,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     world, device = distributed.init(pick_device(cfg.device))
     distributed.check_batch(budget.batch_size, world)
-    use_precision(cfg.precision, device)
+    precision = device_precision(cfg, device)
+    use_precision(precision, device)
     with distributed.main_first(world):  # rank 0 builds the stored data once; the others then read it
         splits = load_splits(cfg.data)
     task: Task = instantiate(cfg.data.task)
@@ -310,7 +328,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if world.distributed and device.type == "cuda":  # batch statistics over the global batch, not each shard
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    if device.type == "cuda":
+    if wants_channels_last(device, precision):
         model.to(memory_format=torch.channels_last)
     step_model = model
     if world.distributed:  # averages the gradients of the shards; broadcasts rank 0's initial state
@@ -386,7 +404,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model.train()
     try:
         for done, (x, y) in zip(range(start + 1, total + 1), batches, strict=False):
-            loss = train_step(step_model, optimizer, scheduler, x[mine], select(y, mine), cfg.precision, task)
+            loss = train_step(step_model, optimizer, scheduler, x[mine], select(y, mine), precision, task)
             loss_sum += loss.detach()
             eval_now = done % budget.eval_every == 0 or done == total
             checkpoint = done % budget.checkpoint_every == 0 or done == total
@@ -413,7 +431,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 validation = ""
                 if len(val_x):  # CUB's official split has no validation images (data.val_size: 0)
                     val_value = evaluate(
-                        model, val_x, val_y, budget.eval_batch_size, task, cfg.precision, eval_transform, world
+                        model, val_x, val_y, budget.eval_batch_size, task, precision, eval_transform, world
                     )
                     state["val_history"].append([done, val_value])
                     metrics[f"val/{metric}"] = val_value
@@ -458,7 +476,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             loss_sum.zero_()
             window_start, mark = done, time.perf_counter()
         progress.close()
-        test_value = evaluate(model, test_x, test_y, budget.eval_batch_size, task, cfg.precision, eval_transform, world)
+        test_value = evaluate(model, test_x, test_y, budget.eval_batch_size, task, precision, eval_transform, world)
         logger.log_metrics({f"test/{metric}": test_value}, step=total)
         result = record("finished", **{f"test_{metric}": test_value})
     except Exception as error:

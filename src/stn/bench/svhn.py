@@ -9,8 +9,9 @@ data config's input size), in training mode (dropout on). One step: the sequence
 and labels, then backward (no optimiser step). All models of a size run in one process on the same batch, their
 repeats interleaved, so load from other processes spreads over all of them; the table gives the median (and
 fastest) step and its ratio to the CNN's (the paper: ST-CNN Multi "only 6% slower" forward and backward, on a GPU).
-CUDA runs bf16 autocast and channels_last, as training does, timed by the wall clock; the CPU (float32) is timed
-by this process's CPU time, which other processes on a shared machine do not inflate (run it with 1 thread:
+Each device runs its training default unless --precision says otherwise (CUDA: bf16 autocast and channels_last,
+timed by the wall clock; the CPU: float32, or bf16 autocast and channels_last), the CPU timed by this process's CPU
+time, which other processes on a shared machine do not inflate (run it with 1 thread:
 OMP_NUM_THREADS=1, or the threads' times add up). Written atomically to <out>/svhn_<device>.{md,json}.
 """
 
@@ -33,7 +34,7 @@ from stn.models.params import CONFIG_DIR
 from stn.runinfo import environment
 from stn.runtime import pick_device
 from stn.tasks import SequenceClassification
-from stn.train import autocast
+from stn.train import autocast, wants_channels_last
 
 MODELS = ("svhn_cnn", "svhn_st_single", "svhn_st_multi")
 DATA = ("svhn64", "svhn128")
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128, help="the paper's batch is 128")
     parser.add_argument("--data", nargs="+", default=list(DATA), help="data configs (input sizes)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="model configs; the first is the baseline")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="on CUDA (the CPU runs fp32)")
+    parser.add_argument(
+        "--precision", choices=("bf16", "fp32"), help="default: the training default (bf16 on CUDA, fp32 on the CPU)"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -125,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
 
     device = pick_device(args.device)
     args.device_type = device.type
-    if device.type != "cuda":
-        args.precision = "fp32"  # the CPU trains in float32 (stn.train.autocast)
+    if args.precision is None:  # configs/train.yaml's precision / cpu_precision
+        args.precision = "bf16" if device.type == "cuda" else "fp32"
     env = environment(device)
     device_text = env["gpu"] or f"CPU, {env['cpu']}"
     generator = torch.Generator().manual_seed(args.seed)
@@ -142,10 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         models = []
         for model, *_ in built:
             model.to(device).train()
-            if device.type == "cuda":
+            if wants_channels_last(device, args.precision):
                 model.to(memory_format=torch.channels_last)
             models.append(model)
-        if device.type == "cuda":
+        if wants_channels_last(device, args.precision):
             x = x.contiguous(memory_format=torch.channels_last)
         for model in models:
             for _ in range(args.warmup):
