@@ -32,6 +32,7 @@ from stn.results import (
     render_markdown,
     run_sweep_job,
 )
+from stn.results.recipes import recipe_of
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "table1.csv"
 
@@ -137,6 +138,14 @@ def test_mixed_recipes_in_one_cell_are_an_error_unless_one_is_picked():
     faster = {**records[1], "seed": 2, "config": recipe_config(budget="paper", lr=0.1)}
     with pytest.raises(ValueError, match="SGD lr 0.1,"):
         build_table([records[1], faster], columns, paper)
+    # a run trained in bf16 (cpu_precision on the CPU, precision on CUDA) is another recipe; the CPU ignores precision
+    cpu_bf16 = {**records[1], "seed": 2, "config": {**records[1]["config"], "cpu_precision": "bf16"}}
+    with pytest.raises(ValueError, match=r"fresh training distortions every epoch, bf16 autocast\)"):
+        build_table([records[1], cpu_bf16], columns, paper)
+    on_cpu = {**records[1], "seed": 2, "config": {**records[1]["config"], "precision": "bf16"}}
+    assert build_table([records[1], on_cpu], columns, paper).cells["cnn", "P"].n == 2
+    on_gpu = {**on_cpu, "device": "cuda:0 (NVIDIA H100 80GB HBM3)"}
+    assert recipe_of(on_gpu).endswith("fresh training distortions every epoch, bf16 autocast")
 
 
 def test_unrun_cells_the_paper_reports_can_be_marked_for_the_gpu():

@@ -27,7 +27,8 @@ def _schedule_words(optim: Mapping[str, Any]) -> str:
 
 def recipe_of(record: Mapping[str, Any], paper_samples: int | None = None) -> str:
     """A run's training recipe in words: optimiser, lr schedule, samples seen (and their share of `paper_samples`,
-    the paper's per-run samples for the run's table) and, for generated data, the training data stream."""
+    the paper's per-run samples for the run's table), for generated data the training data stream, and bf16 when the
+    run trained under bf16 autocast."""
     config = record.get("config") or {}
     optim, budget = config.get("optim"), config.get("budget")
     if not optim or not budget:  # a record without its config (e.g. from an old W&B run): the budget is all we know
@@ -47,7 +48,18 @@ def recipe_of(record: Mapping[str, Any], paper_samples: int | None = None) -> st
     if "redraw_train" in data:  # generated data (distorted MNIST): a fixed stored training set or fresh draws
         fresh = data["redraw_train"]
         words.append("fresh training distortions every epoch" if fresh else "one fixed distorted training set")
+    if trained_precision(record) == "bf16":
+        words.append("bf16 autocast")
     return ", ".join(words)
+
+
+def trained_precision(record: Mapping[str, Any]) -> str:
+    """The precision a run trained in: its config's `precision` on CUDA, `cpu_precision` (fp32 before the key
+    existed) on the CPU."""
+    config = record.get("config") or {}
+    if str(record.get("device", "")).startswith("cuda"):
+        return config.get("precision", "fp32")
+    return config.get("cpu_precision", "fp32")
 
 
 def run_command(record: Mapping[str, Any]) -> str | None:
