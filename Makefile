@@ -121,6 +121,8 @@ table1: $(STAMP)
 # The measured comparisons behind Table 1's defaults, rendered into results/evidence/ (CPU hours; see README).
 PE_NOTE := Paper: P FCN 3.1, ST-FCN Aff 1.5, Proj 1.4, TPS 1.4; E FCN 3.2, ST-FCN Aff 2.7, Proj 2.6, TPS 2.4. The table1 arm has the appendix strengths (P: corners N(0, 5 px) per coordinate; E: control points N(0, 1.5 px), scale U(0.75, 1)); each evidence arm changes one of them. Share of test digits the canvas may cut (ink on the border ring): python -m stn.data.make --variants P --no-figures [data.distortion.corner_std_px=...].
 GAPS_NOTE := Paper: R FCN 2.1, ST-FCN Aff 1.2; RTS FCN 5.2, ST-FCN Aff 0.8. Arms: table1/fast-fast is the fast recipe (15k x 256, 10k digits held out for validation); evidence_val0 trains on all 60k digits (data.val_size=0; the paper never mentions a validation split; 1 seed); evidence_quarter trains 2.5x longer (37.5k x 256 = 1/4 of the paper's samples, the most the issue allows).
+CPU_BF16_NOTE := Machine: CPU, 2 cores (AMD EPYC, avx512_bf16), torch 2.14.1, one training at a time. Speed (make bench-train, results/bench/train_cpu.md): bf16 autocast + channels_last trains the conv models 1.5-2.5x faster (CNN on R 2.40x, ST-CNN Aff on RTS 1.59x) and the FC models 1.0-1.3x; torch.compile is no faster on this CPU (0.8-1.2x). Whole runs: CNN on R 13.4 min in bf16 vs 25.3 in float32; ST-CNN Aff on RTS 13.1 vs 29.1. Reading: one seed per arm cannot show equal error; the CNN matches (1.31 vs 1.27%, paper 1.2), the ST-CNN is 0.22 pp worse (0.93 vs 0.71%, paper 0.5). Choice: cpu_precision stays fp32 (every CPU result here was measured in it); bf16 is an opt-in for quicker CPU runs of the conv models.
+BUDGET_CELLS := mnist_r/fcn mnist_r/st_fcn_aff mnist_rts/fcn mnist_rts/st_fcn_aff
 EVIDENCE_STREAM := data=mnist_r,mnist_rts model=fcn,st_fcn_aff seed=0,1,2 $(RECIPE_ARGS_fast)
 evidence-table1: $(STAMP)
 	$(PY) -m stn.train --multirun experiment=table1 $(EVIDENCE_STREAM) paths.runs_dir=$(RUNS)
@@ -172,6 +174,22 @@ evidence-table1: $(STAMP)
 	$(PY) -m stn.results compare --runs $(RUNS)/table1/sgd_table1-paper/mnist_r/fcn --runs $(RUNS)/evidence_momentum0 --common \
 	  --title "Momentum 0 vs 0.9 at the paper's schedule (150k x 256, lr 0.01 x0.1 at 50k/100k, fresh data)" \
 	  --out results/evidence/table1_momentum.md
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_paper_budget data=mnist_rts,mnist_r \
+	  model=st_fcn_aff seed=0 $(RECIPE_ARGS_paper) paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_paper_budget data=mnist_rts model=fcn \
+	  seed=0 $(RECIPE_ARGS_paper) paths.runs_dir=$(RUNS)
+	$(PY) -m stn.results compare $(foreach cell,$(BUDGET_CELLS),--runs $(RUNS)/table1/fast-fast/$(cell)) \
+	  --runs $(RUNS)/evidence_quarter \
+	  --runs $(RUNS)/table1/sgd_table1-paper/mnist_r/fcn --runs $(RUNS)/evidence_paper_budget \
+	  --title "Is the ST-FCN's gap the budget? The fast recipe (1/10, 1/4 of the samples) vs the paper's schedule (all of them)" \
+	  --note "$(BUDGET_NOTE)" --out results/evidence/table1_paper_budget.md
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_cpu_bf16 data=mnist_r model=cnn seed=0 \
+	  $(RECIPE_ARGS_fast) cpu_precision=bf16 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_cpu_bf16 data=mnist_rts model=st_cnn_aff \
+	  seed=0 $(RECIPE_ARGS_fast) cpu_precision=bf16 paths.runs_dir=$(RUNS)
+	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast/mnist_r/cnn --runs $(RUNS)/table1/fast-fast/mnist_rts/st_cnn_aff \
+	  --runs $(RUNS)/evidence_cpu_bf16 --title "Training in bf16 on the CPU (cpu_precision=bf16) vs float32: the conv models, fast recipe" \
+	  --note "$(CPU_BF16_NOTE)" --out results/evidence/table1_cpu_bf16.md
 
 figures: $(STAMP)
 	$(PY) -m stn.figures table1 --runs $(RUNS)/table1/$(RECIPE_FOLDER_$(RECIPE)) --out results/figures/table1_transformations.png
