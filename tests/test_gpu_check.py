@@ -31,7 +31,7 @@ from stn.gpu_check import (
     train_command,
 )
 from stn.models.params import CONFIG_DIR
-from stn.train import autocast, train, use_precision
+from stn.train import autocast, device_precision, train, use_precision
 
 COLUMNS, MODELS = ["mnist_r", "mnist_rts"], ["cnn", "st_cnn_aff"]
 
@@ -290,23 +290,31 @@ def test_a_section_whose_every_step_failed_says_why_in_the_summary(tmp_path) -> 
 # --- the training precision ----------------------------------------------------------------------------------------
 
 
-def test_precision_defaults_to_bf16_and_is_validated(tmp_path) -> None:
-    assert config().precision == "bf16"
-    with pytest.raises(ValueError, match=r"precision must be one of \('bf16', 'fp32'\).*'fp16'"):
-        use_precision("fp16", torch.device("cpu"))
+def test_precision_defaults_to_bf16_on_cuda_and_fp32_on_the_cpu_and_both_are_validated(tmp_path) -> None:
+    assert (config().precision, config().cpu_precision) == ("bf16", "fp32")
+    for key in ("precision", "cpu_precision"):
+        with pytest.raises(ValueError, match=rf"^{key} must be one of \('bf16', 'fp32'\).*'fp16'"):
+            device_precision(config(f"{key}=fp16"), torch.device("cpu"))
     cfg = config("precision=fp16", "device=cpu", f"paths.runs_dir={tmp_path}")
     with pytest.raises(ValueError, match="precision must be one of"):
-        train(cfg)  # refused before any data is loaded
+        train(cfg)  # refused before any data is loaded, even on a CPU that would not use it
 
 
-def test_the_cpu_trains_in_float32_whatever_the_precision() -> None:
+def test_the_cpu_trains_in_float32_unless_cpu_precision_asks_for_bf16() -> None:
     cpu = torch.device("cpu")
-    for precision in ("bf16", "fp32"):
+    for overrides, expected in (
+        (["precision=bf16"], "fp32"),
+        (["precision=fp32"], "fp32"),
+        (["cpu_precision=bf16"], "bf16"),
+    ):
+        precision = device_precision(config(*overrides), cpu)
+        assert precision == expected
         use_precision(precision, cpu)
-        assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "highest"  # no TF32-like shortcut on the CPU
         with autocast(cpu, precision):
-            assert not torch.is_autocast_enabled("cpu")
-            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+            assert torch.is_autocast_enabled("cpu") == (expected == "bf16")
+            product = torch.ones(2, 2) @ torch.ones(2, 2)
+            assert product.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
 
 
 def test_the_offline_script_names_what_is_missing_and_stops(tmp_path):

@@ -106,15 +106,15 @@ PRECISIONS = ("bf16", "fp32")
 
 
 def device_precision(cfg: DictConfig, device: torch.device) -> str:
-    """The precision a run trains in on `device`: cfg.precision on CUDA, cfg.cpu_precision on the CPU (each checked)."""
-    key = "precision" if device.type == "cuda" else "cpu_precision"
-    precision = cfg.get(key, "fp32")
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"{key} must be one of {PRECISIONS} (bf16: bf16 autocast, theta and grids stay float32; fp32: float32, "
-            f"TF32 matmuls on CUDA), got {precision!r}"
-        )
-    return precision
+    """The precision a run trains in on `device`: cfg.precision on CUDA, cfg.cpu_precision on the CPU (both checked,
+    so a typo in either fails on any machine)."""
+    for key in ("precision", "cpu_precision"):
+        if cfg.get(key, "fp32") not in PRECISIONS:
+            raise ValueError(
+                f"{key} must be one of {PRECISIONS} (bf16: bf16 autocast, theta and grids stay float32; fp32: "
+                f"float32, TF32 matmuls on CUDA), got {cfg.get(key)!r}"
+            )
+    return cfg.precision if device.type == "cuda" else cfg.get("cpu_precision", "fp32")
 
 
 def use_precision(precision: str, device: torch.device) -> None:
