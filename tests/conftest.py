@@ -31,3 +31,11 @@ def mnist_raw_root() -> Path:
     """The folder holding MNIST/raw/*.gz (torchvision's layout: pass it as MNIST(root=...))."""
     need_real_data(SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte.gz", "real MNIST")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def data_store(tmp_path_factory) -> Path:
+    """One data folder for every test that only reads the data it generates: MNIST is extracted into it once, and a
+    generated set's file name holds its config's hash, so a set several modules train on is generated and stored once
+    (CI's disk is small). Tests that damage or interrupt a dataset use their own tmp_path."""
+    return tmp_path_factory.mktemp("data")

@@ -61,8 +61,8 @@ def spec_of(variant: str) -> DistortionSpec:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
+def data_root(data_store: Path) -> Path:
+    return data_store
 
 
 @pytest.fixture(scope="module")

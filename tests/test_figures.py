@@ -31,8 +31,8 @@ def build_model(model: str):
 
 
 @pytest.fixture(scope="module")
-def test_digits(mnist_raw_root, tmp_path_factory):
-    mnist = load_mnist(tmp_path_factory.mktemp("mnist"), mnist_raw_root)
+def test_digits(mnist_raw_root, data_store):
+    mnist = load_mnist(data_store, mnist_raw_root)
     return mnist.test_images[:3, None], mnist.test_labels[:3]
 
 

@@ -24,9 +24,9 @@ def compose_train(overrides: list[str]):
 
 
 @pytest.fixture(scope="module")
-def test_digits(mnist_raw_root, tmp_path_factory):
+def test_digits(mnist_raw_root, data_store):
     """The first 6 real MNIST test digits (uint8 [6, 1, 28, 28]) and their labels."""
-    mnist = load_mnist(tmp_path_factory.mktemp("mnist"), mnist_raw_root)
+    mnist = load_mnist(data_store, mnist_raw_root)
     return mnist.test_images[:6, None], mnist.test_labels[:6]
 
 

@@ -57,14 +57,14 @@ def test_every_launcher_config_builds_its_launcher(launcher):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, mnist_raw_root) -> Path:
+def sweep(tmp_path_factory, data_store, mnist_raw_root) -> Path:
     """Run the sweep once (its callback generates each dataset once, before the jobs); returns the folder holding
     runs/table1."""
     root = tmp_path_factory.mktemp("sweep")
     env = {
         **os.environ,
         "STN_RUNS_DIR": str(root / "runs"),
-        "STN_DATA_DIR": str(root / "data"),
+        "STN_DATA_DIR": str(data_store),
         "MNIST_SOURCE": str(mnist_raw_root),
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
@@ -162,13 +162,13 @@ def test_figure_of_the_trained_transformers(sweep, tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_sweep_over_all_40_dataset_model_pairs(tmp_path, mnist_raw_root):
+def test_smoke_sweep_over_all_40_dataset_model_pairs(tmp_path, data_store, mnist_raw_root):
     """The whole Table 1 grid (5 datasets x 8 models, one seed) at the smoke budget through the default launcher:
     every pair trains on its real distorted MNIST and leaves a finished result, and the table has every cell."""
     env = {
         **os.environ,
         "STN_RUNS_DIR": str(tmp_path / "runs"),
-        "STN_DATA_DIR": str(tmp_path / "data"),
+        "STN_DATA_DIR": str(data_store),
         "MNIST_SOURCE": str(mnist_raw_root),
     }
     command = [sys.executable, "-m", "stn.train", "experiment=table1", "budget=smoke", "seed=0"]

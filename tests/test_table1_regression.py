@@ -68,8 +68,8 @@ def weights_sha256(state_dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, mnist_raw_root) -> Path:
-    return tmp_path_factory.mktemp("data")
+def data_dir(data_store, mnist_raw_root) -> Path:
+    return data_store
 
 
 @pytest.fixture

@@ -49,9 +49,9 @@ RESULT_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, mnist_raw_root) -> Path:
-    """A writable data folder; the first training generates RTS MNIST into it (seeded, from the real digits)."""
-    return tmp_path_factory.mktemp("data")
+def data_dir(data_store, mnist_raw_root) -> Path:
+    """The session's data folder; the first training generates RTS MNIST into it (seeded, from the real digits)."""
+    return data_store
 
 
 @pytest.fixture
