@@ -9,6 +9,13 @@ ours as mean ± std over seeds (with n), and the difference; a cell without runs
 fresh data); one cell never averages runs of different recipes. Only runs with status "finished" count.
 
     python -m stn.results compare --runs DIR [--runs DIR ...] --title TEXT [--common] [--out FILE]
+
+compares the arms (experiment/recipe folders) of the runs, one row per (column, model).
+
+    python -m stn.results learned --runs DIR [--runs DIR ...] [--title TEXT] [--note TEXT] [--out FILE]
+
+reads each finished Table 1 run's input transformer against its test digits' known distortions: how much of their
+rotation, scale and offset it undoes (stn.results.learned).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 
 from stn.atomic import write_atomic
 from stn.results.compare import render_comparison
+from stn.results.learned import render_learned
 from stn.results.runs import load_local_results, load_results
 from stn.results.specs import TABLES
 from stn.results.tables import MISSING, build_table, load_paper_table, not_counted_lines, write_table
@@ -47,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     compare.add_argument("--out", type=Path, help="markdown file to write (default: print)")
     compare.add_argument("--note", help="a paragraph printed under the title (e.g. the machine and its load)")
     compare.add_argument("--table", choices=sorted(TABLES), default="table1", help="the paper table the runs belong to")
+    learned = commands.add_parser("learned", help="how much of the test digits' distortions the transformers undo")
+    learned.add_argument("--runs", type=Path, action="append", required=True, help="a runs folder (repeatable)")
+    learned.add_argument("--title", default="What the trained transformers undo (Table 1 test sets)")
+    learned.add_argument("--note", help="a paragraph printed under the title")
+    learned.add_argument("--out", type=Path, help="markdown file to write (default: print)")
     args = parser.parse_args(argv)
     try:
         run(args)
@@ -55,9 +68,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.command == "compare":
+    if args.command in ("compare", "learned"):
         records = [record for runs in args.runs for record in load_local_results(runs)]
-        text = render_comparison(records, args.title, args.common, args.note, TABLES[args.table])
+        if args.command == "compare":
+            text = render_comparison(records, args.title, args.common, args.note, TABLES[args.table])
+        else:
+            text = render_learned(records, args.title, args.note)
         if args.out:
             write_atomic(args.out, text)
             print(f"wrote {args.out}")
