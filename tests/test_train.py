@@ -23,6 +23,7 @@ from stn.data.mnist import load_mnist
 from stn.data.svhn import center_crop, random_crops
 from stn.models import count_parameters
 from stn.models.params import CONFIG_DIR
+from stn.runtime import PORTABLE_CPU_ENV
 from stn.tasks import Classification
 from stn.train import epoch_batches, evaluate, train
 
@@ -90,6 +91,11 @@ def test_smoke_training_writes_a_valid_result_and_a_rerun_is_a_no_op(overrides):
     assert 0 <= result["test_error"] <= 100 and result["images_per_s"] > 0 and result["device"] == "cpu"
     assert result["config"]["model"]["net"]["input_shape"] == [1, 42, 42]  # resolved
     assert result["environment"]["packages"]["torch"] == torch.__version__.split("+")[0]
+    # the float kernels of the run and of the stored set's generation: CPU bits depend on them
+    kernels = result["environment"]["cpu_kernels"]
+    assert kernels["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(kernels["env"]) == set(PORTABLE_CPU_ENV)
+    assert set(result["data_meta"]["cpu_kernels"]) == {"cpu_capability", "env"}
     # The stored model is the trained one: same parameter count, same test error.
     model = load_model(run_dir)
     assert count_parameters(model) == result["params"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 import stn
+from stn.runtime import PORTABLE_CPU_ENV
 
 REPO_ROOT = Path(stn.__file__).resolve().parents[2]
 KEY_PACKAGES = ("torch", "torchvision", "numpy", "hydra-core", "omegaconf", "h5py", "scipy", "wandb")
@@ -50,8 +52,18 @@ def _installed_packages_hash() -> str:
     return hashlib.sha256("\n".join(frozen).encode()).hexdigest()
 
 
+def cpu_kernels() -> dict[str, Any]:
+    """The instruction set torch's CPU kernels use and the variables that cap it (runtime.PORTABLE_CPU_ENV): CPU
+    float results are bit-identical only between runs (and generated datasets) that agree on these."""
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "env": {name: os.environ.get(name) for name in PORTABLE_CPU_ENV},
+    }
+
+
 def environment(device: torch.device) -> dict[str, Any]:
-    """Python, key package versions, the installed-packages fingerprint, CPU/GPU, host and thread count."""
+    """Python, key package versions, the installed-packages fingerprint, CPU/GPU, the CPU kernels in use, host and
+    thread count."""
     versions = {}
     for name in KEY_PACKAGES:
         try:
@@ -66,6 +78,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_cuda": torch.version.cuda,  # the CUDA torch was built for (set even when running on the CPU)
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": _cpu_model(),
+        "cpu_kernels": cpu_kernels(),
         "torch_threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),

@@ -17,6 +17,12 @@ ALIGN_CORNERS = True
 # Theta, grids and the TPS solve always run in this dtype, even under bf16/fp16 autocast.
 GRID_DTYPE = torch.float32
 
+# torch, oneDNN and MKL each pick their float kernels by the host's instruction set (AVX2, AVX-512, ...), and the
+# kernels round differently, so a CPU run is bit-identical only on hosts of one kind. Set in the environment before
+# Python starts (with one thread), these cap all three at kernels every x86-64 host has: bit-identical numbers
+# across hosts, slower. Measured: each of the three on its own changes a 20-iteration ST-CNN run's weights.
+PORTABLE_CPU_ENV = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}
+
 
 def pick_device(requested: str = "auto") -> torch.device:
     """'auto' picks CUDA when available, else CPU; anything else is passed to torch.device."""

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from stn.atomic import atomic_path
+from stn.runinfo import cpu_kernels
 
 Arrays = dict[str, np.ndarray]  # "split/name" -> array
 
@@ -56,6 +57,8 @@ def write_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attr
             file.create_dataset(name, data=array)
         for key, value in attrs.items():
             file.attrs[key] = json.dumps(value)
+        # generated pixels can differ by one grey level in a few per million between hosts' float kernels
+        file.attrs["cpu_kernels"] = json.dumps(cpu_kernels())
         file.attrs["sha256"] = json.dumps(digest)  # last: a file without it is incomplete
     return digest
 
@@ -115,5 +118,6 @@ def stored_meta(cfg: StoredConfig, attrs: Mapping, **extra: object) -> dict:
         "seed": attrs["seed"],
         "generation": attrs["generation"],
         "stn_version": attrs["stn_version"],
+        "cpu_kernels": attrs.get("cpu_kernels"),  # absent from sets stored before it was recorded
         **extra,
     }
