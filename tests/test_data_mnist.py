@@ -426,8 +426,12 @@ def test_redraw_gives_fresh_seeded_distortions_of_the_same_digits(tc_splits, tc_
     redraw = Redraw(DataConfig.from_cfg(tc_cfg), digits[:2000])
     assert torch.equal(redraw(3, "cpu"), redraw(3, "cpu")) and not torch.equal(redraw(3, "cpu"), redraw(4, "cpu"))
     generator = torch.Generator().manual_seed(derived_seed(0, STREAMS["redraw"], 3))
-    expected, _ = generate(redraw.spec, digits[:2000], generator, digits[:2000], torch.arange(2000))
+    expected, expected_params = generate(redraw.spec, digits[:2000], generator, digits[:2000], torch.arange(2000))
     assert torch.equal(redraw(3, "cpu"), expected)
+    # draw() also gives the parameters the images were drawn with (the loc-net probe's regression targets).
+    images, params = redraw.draw(3, "cpu")
+    assert torch.equal(images, expected) and params.keys() == expected_params.keys()
+    assert all(torch.equal(params[key], expected_params[key]) for key in params)
 
 
 def test_random_validation_split_is_a_seeded_partition(tmp_path):

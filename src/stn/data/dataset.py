@@ -184,13 +184,17 @@ class Redraw:
         self._on_device: dict[torch.device, Tensor] = {}
 
     def __call__(self, epoch_seed: int, device: torch.device | str) -> Tensor:
+        return self.draw(epoch_seed, device)[0]
+
+    def draw(self, epoch_seed: int, device: torch.device | str) -> tuple[Tensor, dict[str, Tensor]]:
+        """The epoch's images and the distortion parameters they were drawn with (stn.data.distortions.generate)."""
         device = torch.device(device)
         if device not in self._on_device:
             self._on_device[device] = self.digits.to(device)
         digits = self._on_device[device]
         generator = torch.Generator(device=device).manual_seed(derived_seed(self.seed, STREAMS["redraw"], epoch_seed))
         pool_index = torch.arange(len(digits), device=device)
-        return generate(self.spec, digits, generator, pool=digits, pool_index=pool_index)[0]
+        return generate(self.spec, digits, generator, pool=digits, pool_index=pool_index)
 
 
 def prepare(data_cfg: DictConfig | Mapping) -> None:

@@ -16,6 +16,12 @@ compares the arms (experiment/recipe folders) of the runs, one row per (column, 
 
 reads each finished Table 1 run's input transformer against its test digits' known distortions: how much of their
 rotation, scale and offset it undoes (stn.results.learned).
+
+    python -m stn.results probe --data mnist_r mnist_rts [--model st_fcn_aff] [--hidden 32,32,32 ...]
+                                [--iterations 15000] [--seeds 0 1 2] [--override KEY=VALUE ...] [--out FILE]
+
+trains the model's loc net body, with supervision, to regress the digits' known distortions: could it see them
+(stn.results.probe)?
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from stn.results.compare import render_comparison
 from stn.results.learned import render_learned
 from stn.results.runs import load_local_results, load_results
 from stn.results.specs import TABLES
-from stn.results.tables import MISSING, build_table, load_paper_table, not_counted_lines, write_table
+from stn.results.tables import MISSING, build_table, display_name, load_paper_table, not_counted_lines, write_table
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -60,6 +66,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     learned.add_argument("--title", default="What the trained transformers undo (Table 1 test sets)")
     learned.add_argument("--note", help="a paragraph printed under the title")
     learned.add_argument("--out", type=Path, help="markdown file to write (default: print)")
+    probe = commands.add_parser("probe", help="could a loc net see the distortions? (supervised regression)")
+    probe.add_argument("--data", nargs="+", required=True, help="data configs, e.g. mnist_r mnist_rts")
+    probe.add_argument("--model", default="st_fcn_aff", help="the model config whose loc net is probed")
+    probe.add_argument("--hidden", nargs="+", help="FC loc net widths to try instead of the model's, e.g. 32,32,32")
+    probe.add_argument("--iterations", type=int, default=15000, help="training iterations of batch 256")
+    probe.add_argument("--seeds", type=int, nargs="+", default=[0])
+    probe.add_argument("--override", nargs="*", default=[], help="Hydra overrides, e.g. paths.data_dir=...")
+    probe.add_argument("--title", default="Could the loc net see the distortions? (supervised probe, test set)")
+    probe.add_argument("--note", help="a paragraph printed under the title")
+    probe.add_argument("--out", type=Path, help="markdown file to write (default: print)")
     args = parser.parse_args(argv)
     try:
         run(args)
@@ -67,18 +83,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.exit(2, f"python -m stn.results: {error}\n")
 
 
+def _write_or_print(text: str, out: Path | None) -> None:
+    if out:
+        write_atomic(out, text)
+        print(f"wrote {out}")
+    else:
+        print(text, end="")
+
+
+def probe_arms(args: argparse.Namespace) -> str:
+    """Run the probe for every (data, loc net widths) arm over the seeds; the rendered table."""
+    # Imported here: the probe trains with stn.train, which imports this package (through stn.figures).
+    from stn.results.probe import compose_cfg, probe, render_probe
+
+    widths = [None] if not args.hidden else [[int(w) for w in spec.split(",")] for spec in args.hidden]
+    arms = {}
+    for data in args.data:
+        cfg = compose_cfg(data, args.model, args.override)
+        for hidden in widths:
+            label = "the model's" if hidden is None else "x".join(map(str, hidden))
+            arm = f"{cfg.data.column} · {display_name(args.model)} loc net ({label}) · {args.iterations} it"
+            arms[arm] = [probe(cfg, hidden, args.iterations, seed) for seed in args.seeds]
+            print(f"probed {arm}", file=sys.stderr)
+    return render_probe(arms, args.title, args.note)
+
+
 def run(args: argparse.Namespace) -> None:
+    if args.command == "probe":
+        _write_or_print(probe_arms(args), args.out)
+        return
     if args.command in ("compare", "learned"):
         records = [record for runs in args.runs for record in load_local_results(runs)]
         if args.command == "compare":
             text = render_comparison(records, args.title, args.common, args.note, TABLES[args.table])
         else:
             text = render_learned(records, args.title, args.note)
-        if args.out:
-            write_atomic(args.out, text)
-            print(f"wrote {args.out}")
-        else:
-            print(text, end="")
+        _write_or_print(text, args.out)
         return
     columns, paper = load_paper_table(args.paper)
     records = load_results(args.source, args.runs, args.wandb_path)
