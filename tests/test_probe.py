@@ -61,7 +61,9 @@ def test_the_st_fcn_loc_net_learns_to_read_r_rotations(data_store, mnist_raw_roo
             str(out),
         ]
     )
-    row = next(line for line in out.read_text().splitlines() if "| rotation |" in line)
+    text = out.read_text()
+    assert "Command: `python -m stn.results probe --data mnist_r --model st_fcn_aff --iterations 300 --seeds 0`" in text
+    row = next(line for line in text.splitlines() if "| rotation |" in line)
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[0] == "R · ST-FCN Aff loc net (the model's) · 300 it" and cells[1] == "1"
     assert float(cells[3]) > 0.6

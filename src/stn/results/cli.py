@@ -105,7 +105,12 @@ def probe_arms(args: argparse.Namespace) -> str:
             arm = f"{cfg.data.column} · {display_name(args.model)} loc net ({label}) · {args.iterations} it"
             arms[arm] = [probe(cfg, hidden, args.iterations, seed) for seed in args.seeds]
             print(f"probed {arm}", file=sys.stderr)
-    return render_probe(arms, args.title, args.note)
+    command = " ".join(
+        [f"python -m stn.results probe --data {' '.join(args.data)} --model {args.model}"]
+        + ([f"--hidden {' '.join(args.hidden)}"] if args.hidden else [])
+        + [f"--iterations {args.iterations} --seeds {' '.join(map(str, args.seeds))}"]
+    )
+    return render_probe(arms, args.title, command, args.note)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -131,9 +131,9 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{mean:.3f} ± {math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)):.3f}"
 
 
-def render_probe(arms: Mapping[str, list[list[ProbeScore]]], title: str, note: str | None = None) -> str:
+def render_probe(arms: Mapping[str, list[list[ProbeScore]]], title: str, command: str, note: str | None = None) -> str:
     """Markdown: one row per (arm, target), mean ± sample std over the arm's seeds (one score list per seed)."""
-    lines = [f"**{title}**", ""] + ([note, ""] if note else [])
+    lines = [f"**{title}**", "", f"Command: `{command}`", ""] + ([note, ""] if note else [])
     lines += ["| Arm | n | Target | R² | Residual std | Target std |", "|---|---:|---|---:|---:|---:|"]
     for arm, seeds in arms.items():
         for k, first in enumerate(seeds[0]):
