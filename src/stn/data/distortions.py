@@ -10,11 +10,15 @@ Geometry, in pixels (x right, y down; pixel centres at integers; ALIGN_CORNERS=T
 centres of the corner pixels, so a half-width of (size - 1) / 2 pixels spans one normalised unit):
 - similarity (R, RTS, TC): the digit is rotated by `angle_deg` (positive = counter-clockwise on screen), scaled
   by `scale` about the centre of its 28x28 frame, and that centre lands `offset_px` (x, y) from the canvas centre.
+  Placement 'frame': the digit turns inside its own `frame_px` square frame (what leaves the frame is cut, as an
+  image rotation that keeps the image size does), and the scaled, unturned frame lies inside the canvas.
 - projective (P): the digit is scaled by `scale` about the centre, then the homography used by the warp maps each
   OUTPUT corner (the corner pixel centre c_k) to the point of the scaled image displaced by `corner_offsets_px[k]`
   (output pixels): the output corner k shows what sat at c_k + delta_k after scaling. Corners in the order
-  (-1,-1), (+1,-1), (-1,+1), (+1,+1), i.e. top-left, top-right, bottom-left, bottom-right. With `convex_only`,
-  draws whose displaced corners are not a convex quadrilateral are redrawn (they would fold the image).
+  (-1,-1), (+1,-1), (-1,+1), (+1,+1), i.e. top-left, top-right, bottom-left, bottom-right. `corner_move`
+  'per_axis': each coordinate of delta_k ~ N(0, corner_std_px); 'diagonal': delta_k lies on corner k's diagonal
+  (outward positive) with length ~ N(0, corner_std_px), i.e. +-N/sqrt(2) per axis. With `convex_only`, draws whose
+  displaced corners are not a convex quadrilateral are redrawn (they would fold the image).
 - tps (E): same with the grid_size x grid_size control points of stn.transformers.TPSTransform (row-major, y
   outer): control point k of the output samples the scaled image at g_k + `control_offsets_px[k]`.
 - clutter (TC): `clutter_count` patches of `clutter_size`^2 pixels, cropped at `clutter_crop_xy` (top-left, source
@@ -36,12 +40,13 @@ from stn.transformers import AffineTransform, ProjectiveTransform, TPSTransform,
 SOURCE_SIZE = 28  # MNIST digits
 SOURCE_HALF = (SOURCE_SIZE - 1) / 2  # pixels per normalised unit of the source (ALIGN_CORNERS=True)
 TRANSFORM_KEYS = {
-    "similarity": {"angle_deg", "scale", "placement", "integer_offsets"},
-    "projective": {"scale", "corner_std_px", "convex_only"},
+    "similarity": {"angle_deg", "scale", "placement", "frame_px", "integer_offsets"},
+    "projective": {"scale", "corner_std_px", "corner_move", "convex_only"},
     "tps": {"scale", "grid_size", "control_std_px"},
 }
 CLUTTER_KEYS = {"clutter_count", "clutter_size"}
 PLACEMENTS = ("centre", "ink", "frame")
+CORNER_MOVES = ("per_axis", "diagonal")
 MAX_REDRAW_ROUNDS = 100  # convex_only: each round redraws the rejected corner sets (about 0.1% at 5 px)
 
 Params = dict[str, Tensor]
@@ -56,8 +61,10 @@ class DistortionSpec:
     angle_deg: tuple[float, float] = (0.0, 0.0)
     scale: tuple[float, float] = (1.0, 1.0)
     placement: str = "centre"
+    frame_px: int = SOURCE_SIZE
     integer_offsets: bool = False
     corner_std_px: float = 0.0
+    corner_move: str = "per_axis"
     convex_only: bool = False
     grid_size: int = 4
     control_std_px: float = 0.0
@@ -97,6 +104,10 @@ class DistortionSpec:
     def _check(self) -> None:
         if self.placement not in PLACEMENTS:
             raise ValueError(f"distortion.placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if self.frame_px < SOURCE_SIZE:
+            raise ValueError(f"distortion.frame_px must hold the {SOURCE_SIZE}px digit, got {self.frame_px}")
+        if self.corner_move not in CORNER_MOVES:
+            raise ValueError(f"distortion.corner_move must be one of {CORNER_MOVES}, got {self.corner_move!r}")
         if self.scale[0] <= 0:
             raise ValueError(f"distortion.scale must be positive, got {self.scale}")
         if min(self.corner_std_px, self.control_std_px) < 0 or self.clutter_count < 0:
@@ -198,15 +209,13 @@ THETA = {"similarity": similarity_theta, "projective": projective_theta, "tps": 
 # ---------------------------------------------------------------- placement (where the digit may go)
 
 
-def _bounding_points(digits: Tensor, placement: str) -> tuple[Tensor, Tensor]:
-    """Points that bound the digit ([N, P, 2] px from the frame centre) and which of them count ([N, P]).
+def _ink_points(digits: Tensor) -> tuple[Tensor, Tensor]:
+    """Points that bound the ink ([N, P, 2] px from the frame centre) and which of them count ([N, P]).
 
-    'frame': the 4 corner pixel centres of the 28x28 frame. 'ink': a linear function over a row of pixels peaks
-    at the row's ends, so the leftmost and rightmost ink pixel of each row bound the rotated, scaled ink exactly.
+    A linear function over a row of pixels peaks at the row's ends, so the leftmost and rightmost ink pixel of each
+    row bound the rotated, scaled ink exactly.
     """
-    n, device = len(digits), digits.device
-    if placement == "frame":
-        return (unit_grid(2, device) * SOURCE_HALF).expand(n, -1, -1), torch.ones(n, 4, dtype=torch.bool, device=device)
+    device = digits.device
     inked = (digits > 0).view(torch.uint8)
     cols = torch.arange(SOURCE_SIZE, device=device, dtype=torch.uint8)
     left = inked.argmax(-1)  # first ink pixel of each row (argmax returns the first maximum)
@@ -224,9 +233,13 @@ def digit_extent(spec: DistortionSpec, digits: Tensor, angle_deg: Tensor, scale:
     """Per-axis min and max ([N, 2] each, canvas px from the digit's frame centre) of the rotated, scaled digit.
 
     'ink' adds the bilinear footprint (one source pixel around each ink pixel centre, rotated and scaled), so
-    every non-zero output pixel lies within the extent; 'frame' bounds the pixel centres of the 28x28 frame.
+    every non-zero output pixel lies within the extent; 'frame' bounds the pixel centres of the scaled, unturned
+    frame_px frame (the digit turns inside it).
     """
-    points, valid = _bounding_points(digits, spec.placement)
+    if spec.placement == "frame":
+        half = (scale.double() * (spec.frame_px - 1) / 2)[:, None].expand(-1, 2)
+        return -half, half
+    points, valid = _ink_points(digits)
     angle = torch.deg2rad(angle_deg.double())[:, None]
     cos, sin, s = angle.cos(), angle.sin(), scale.double()[:, None]
     moved = torch.stack(
@@ -235,10 +248,8 @@ def digit_extent(spec: DistortionSpec, digits: Tensor, angle_deg: Tensor, scale:
     big = torch.tensor(float("inf"), dtype=moved.dtype, device=moved.device)
     low = torch.where(valid[..., None], moved, big).amin(1)
     high = torch.where(valid[..., None], moved, -big).amax(1)
-    if spec.placement == "ink":
-        footprint = s * (cos.abs() + sin.abs())
-        low, high = low - footprint, high + footprint
-    return low, high
+    footprint = s * (cos.abs() + sin.abs())
+    return low - footprint, high + footprint
 
 
 def placement_range(spec: DistortionSpec, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
@@ -328,7 +339,7 @@ def _corner_offsets(spec: DistortionSpec, scale: Tensor, generator: torch.Genera
     it to stay above the sampler's min_denominator at the corners (it is linear, so everywhere) keeps every
     image an exact, unclamped homography.
     """
-    offsets = _normal(spec.corner_std_px, (len(scale), 4, 2), generator)
+    offsets = _draw_corner_offsets(spec, len(scale), generator)
     if not spec.convex_only:
         return offsets
     floor = _transform("projective", spec.grid_size).min_denominator
@@ -337,8 +348,16 @@ def _corner_offsets(spec: DistortionSpec, scale: Tensor, generator: torch.Genera
         folded = (homography_denominators(theta) <= floor).any(1)
         if not folded.any():
             return offsets
-        offsets[folded] = _normal(spec.corner_std_px, (int(folded.sum()), 4, 2), generator)
+        offsets[folded] = _draw_corner_offsets(spec, int(folded.sum()), generator)
     raise ValueError(f"corner_std_px={spec.corner_std_px} folds nearly every draw; use a smaller value")
+
+
+def _draw_corner_offsets(spec: DistortionSpec, n: int, generator: torch.Generator) -> Tensor:
+    """[n, 4, 2] corner displacements: N(0, corner_std_px) per coordinate, or along each corner's diagonal."""
+    if spec.corner_move == "per_axis":
+        return _normal(spec.corner_std_px, (n, 4, 2), generator)
+    outward = unit_grid(2, generator.device).float() / 2**0.5  # unit vectors from the centre through each corner
+    return _normal(spec.corner_std_px, (n, 4, 1), generator) * outward
 
 
 def _clutter_params(
@@ -387,7 +406,20 @@ def warp_digits(spec: DistortionSpec, digits: Tensor, params: Params) -> Tensor:
     """Digits [n, 28, 28] uint8 warped into the canvas -> float [n, 1, S, S], rounded to whole grey levels."""
     theta = THETA[spec.transform](spec, params)
     image = warp(digits[:, None].float(), _transform(spec.transform, spec.grid_size), theta, (spec.canvas,) * 2)
+    if spec.transform == "similarity" and spec.placement == "frame":
+        image *= _inside_frame(spec, params)
     return image.round_()  # whole grey levels, as a stored digit: the clutter then adds exactly
+
+
+def _inside_frame(spec: DistortionSpec, params: Params) -> Tensor:
+    """[n, 1, S, S] 1 where a canvas pixel centre lies inside the digit's scaled frame: what the turn moved out of
+    the frame is cut."""
+    pixel = torch.arange(spec.canvas, device=params["scale"].device, dtype=torch.float64) - spec.canvas_half
+    half = (params["scale"].double() * spec.frame_px / 2)[:, None]
+    offset = params["offset_px"].double()
+    inside_x = (pixel - offset[:, :1]).abs() <= half  # [n, S]
+    inside_y = (pixel - offset[:, 1:]).abs() <= half
+    return (inside_y[:, :, None] & inside_x[:, None, :]).float()[:, None]
 
 
 def paste_digits(spec: DistortionSpec, digits: Tensor, params: Params) -> Tensor:
