@@ -41,7 +41,9 @@ def column_sha256(name: str, data_dir: str, mnist_source: str) -> str:
     cfg.root, cfg.mnist_source = data_dir, mnist_source
     spec = DataConfig.from_cfg(OmegaConf.to_container(cfg, resolve=True)).spec
     mnist = load_mnist(data_dir, mnist_source)
-    images, params = generate(spec, mnist.test_images[:512], torch.Generator().manual_seed(0), mnist.train_images[:1000])
+    images, params = generate(
+        spec, mnist.test_images[:512], torch.Generator().manual_seed(0), mnist.train_images[:1000]
+    )
     digest = hashlib.sha256(images.numpy().tobytes())
     for key in sorted(params):
         digest.update(key.encode())
