@@ -35,6 +35,7 @@ from stn.data.distortions import (
     placement_range,
     render,
     sample_params,
+    unit_grid,
 )
 from stn.data.make import ink_on_border
 from stn.data.make import main as make_main
@@ -259,24 +260,27 @@ def test_p_diagonal_reading_moves_each_corner_along_its_diagonal(test_digits):
         ("rts", {"distortion.placement": "frame", "distortion.frame_px": 32}),
         ("p", {"distortion.corner_move": "per_axis"}),
         ("p", {"distortion.corner_move": "diagonal"}),
+        ("e", {"distortion.elastic_direction": "forward", "distortion.elastic_grid": "digit"}),
     ],
 )
 def test_every_reading_composes_from_the_config_renders_and_has_its_own_stored_set(variant, changes, mnist):
     cfg = DataConfig.from_cfg(data_cfg(variant, Path("root"), None, **changes))
     images, _ = generate(cfg.spec, mnist.test_images[:64], torch.Generator().manual_seed(0))
     assert images.shape == (64, 1, cfg.spec.canvas, cfg.spec.canvas) and images.float().mean() > 10
-    others = {("rts", "ink"), ("rts", "frame28"), ("rts", "frame32"), ("p", "per_axis"), ("p", "diagonal")}
+    others = {("rts", "ink"), ("rts", "frame28"), ("rts", "frame32"), ("p", "per_axis"), ("p", "diagonal"), ("e", "")}
     paths = set()
     for other_variant, reading in others:
         if other_variant != variant:
             continue
-        other = (
-            {"distortion.corner_move": reading}
-            if variant == "p"
-            else {"distortion.placement": reading[:5], "distortion.frame_px": int(reading[5:] or 28)}
-        )
+        if variant == "p":
+            other = {"distortion.corner_move": reading}
+        elif variant == "rts":
+            other = {"distortion.placement": reading[:5], "distortion.frame_px": int(reading[5:] or 28)}
+        else:
+            other = changes
         paths.add(DataConfig.from_cfg(data_cfg(variant, Path("root"), None, **other)).path)
-    assert cfg.path in paths and len(paths) == (2 if variant == "p" else 3)  # one stored set per reading
+    default = DataConfig.from_cfg(data_cfg(variant, Path("root"), None)).path
+    assert cfg.path in paths | {default} and len(paths | {default}) == {"p": 2, "rts": 3, "e": 2}[variant]
 
 
 def test_p_corner_offsets_follow_the_recipe_and_define_the_homography(test_digits):
@@ -315,6 +319,36 @@ def test_e_control_offsets_follow_the_recipe_and_move_the_tps_control_points(tes
     regular = TPSTransform(4).control_points * 13.5
     expected = (regular + params["control_offsets_px"]) / params["scale"].double()[:, None, None]
     assert torch.allclose(at_controls * 13.5, expected, atol=1e-3)
+
+
+def test_e_readings_pass_their_tps_through_the_moved_control_points(test_digits):
+    n = 64
+    digits = test_digits[:n]
+    offsets = torch.randint(-2, 3, (n, 16, 2), generator=torch.Generator().manual_seed(0)).float()
+    params = {"scale": torch.ones(n), "control_offsets_px": offsets}
+    grid = (unit_grid(4).float() * 13.5).expand(n, -1, -1)  # on pixel centres 0, 9, 18, 27 (canvas 28)
+    for direction in ("backward", "forward"):
+        spec = spec_of("e", **{"distortion.elastic_direction": direction})
+        output, source = distortions_module.elastic_points(spec, params)
+        fitted = distortions_module.fitted_tps_grid(output, source, 28).double()  # [n, 28, 28, 2]
+        # forward: the digit's point g_k is drawn at g_k + delta_k; backward: output g_k shows g_k + delta_k
+        drawn_at, shows = (grid, grid + offsets) if direction == "backward" else (grid + offsets, grid)
+        pixel = drawn_at + 13.5
+        inside = ((pixel >= 0) & (pixel <= 27)).all(-1)
+        rows, cols = pixel[..., 1].long().clamp(0, 27), pixel[..., 0].long().clamp(0, 27)
+        at_points = fitted[torch.arange(n)[:, None], rows, cols] * 13.5
+        assert torch.allclose(at_points[inside], shows.double()[inside], atol=1e-3) and inside.float().mean() > 0.5
+        if direction == "backward":  # the regular grid: the same spline as TPSTransform's fixed control grid
+            regular = TPSTransform(4).grid(distortions_module.tps_theta(spec, params), (28, 28)).double()
+            assert torch.allclose(fitted, regular, atol=1e-4)
+    # Over the scaled digit's frame, offsets in the digit's own pixels: both shrink with the scale.
+    scaled = {"scale": torch.full((n,), 0.8), "control_offsets_px": offsets}
+    changes = {"distortion.elastic_grid": "digit", "distortion.elastic_offsets": "digit"}
+    output, source = distortions_module.elastic_points(spec_of("e", **changes), scaled)
+    assert torch.allclose(output * 13.5, 0.8 * grid.double())
+    assert torch.allclose(source * 13.5, (0.8 * grid + 0.8 * offsets).double() / 0.8, atol=1e-5)
+    images = render(spec_of("e", **changes), digits, scaled)
+    assert images.shape == (n, 1, 28, 28) and images.float().mean() > 10
 
 
 def test_ink_on_border_counts_the_digits_the_canvas_may_cut(test_digits):

@@ -19,8 +19,12 @@ centres of the corner pixels, so a half-width of (size - 1) / 2 pixels spans one
   'per_axis': each coordinate of delta_k ~ N(0, corner_std_px); 'diagonal': delta_k lies on corner k's diagonal
   (outward positive) with length ~ N(0, corner_std_px), i.e. +-N/sqrt(2) per axis. With `convex_only`, draws whose
   displaced corners are not a convex quadrilateral are redrawn (they would fold the image).
-- tps (E): same with the grid_size x grid_size control points of stn.transformers.TPSTransform (row-major, y
-  outer): control point k of the output samples the scaled image at g_k + `control_offsets_px[k]`.
+- tps (E): grid_size x grid_size control points g_k (row-major, y outer) and offsets delta_k =
+  `control_offsets_px[k]`, read as `elastic_direction` 'backward': output point g_k shows the scaled digit at
+  g_k + delta_k (the control grid of stn.transformers.TPSTransform), or 'forward': the digit's point at g_k is
+  sent to g_k + delta_k, a TPS fitted through the moved points. `elastic_grid` 'canvas' spreads g_k over the canvas,
+  'digit' over the scaled digit's 28x28 frame; `elastic_offsets` 'output' takes delta_k in output pixels, 'digit'
+  in the digit's own pixels (scaled with it).
 - clutter (TC): `clutter_count` patches of `clutter_size`^2 pixels, cropped at `clutter_crop_xy` (top-left, source
   pixels) from pool digit `clutter_source`, pasted at `clutter_paste_xy` (top-left, canvas pixels); added to the
   rendered digit (whole grey levels), then the sum is clamped to 255.
@@ -36,17 +40,24 @@ import torch
 from torch import Tensor
 
 from stn.transformers import AffineTransform, ProjectiveTransform, TPSTransform, Transform, warp
+from stn.transformers.grids import target_points, tps_kernel
+from stn.transformers.sampler import sample
 
 SOURCE_SIZE = 28  # MNIST digits
 SOURCE_HALF = (SOURCE_SIZE - 1) / 2  # pixels per normalised unit of the source (ALIGN_CORNERS=True)
 TRANSFORM_KEYS = {
     "similarity": {"angle_deg", "scale", "placement", "frame_px", "integer_offsets"},
     "projective": {"scale", "corner_std_px", "corner_move", "convex_only"},
-    "tps": {"scale", "grid_size", "control_std_px"},
+    "tps": {"scale", "grid_size", "control_std_px", "elastic_direction", "elastic_grid", "elastic_offsets"},
 }
 CLUTTER_KEYS = {"clutter_count", "clutter_size"}
 PLACEMENTS = ("centre", "ink", "frame")
 CORNER_MOVES = ("per_axis", "diagonal")
+ELASTIC_READINGS = {
+    "elastic_direction": ("backward", "forward"),
+    "elastic_grid": ("canvas", "digit"),
+    "elastic_offsets": ("output", "digit"),
+}
 MAX_REDRAW_ROUNDS = 100  # convex_only: each round redraws the rejected corner sets (about 0.1% at 5 px)
 
 Params = dict[str, Tensor]
@@ -68,6 +79,9 @@ class DistortionSpec:
     convex_only: bool = False
     grid_size: int = 4
     control_std_px: float = 0.0
+    elastic_direction: str = "backward"
+    elastic_grid: str = "canvas"
+    elastic_offsets: str = "output"
     clutter_count: int = 0
     clutter_size: int = 6
 
@@ -108,6 +122,9 @@ class DistortionSpec:
             raise ValueError(f"distortion.frame_px must hold the {SOURCE_SIZE}px digit, got {self.frame_px}")
         if self.corner_move not in CORNER_MOVES:
             raise ValueError(f"distortion.corner_move must be one of {CORNER_MOVES}, got {self.corner_move!r}")
+        for key, readings in ELASTIC_READINGS.items():
+            if getattr(self, key) not in readings:
+                raise ValueError(f"distortion.{key} must be one of {readings}, got {getattr(self, key)!r}")
         if self.scale[0] <= 0:
             raise ValueError(f"distortion.scale must be positive, got {self.scale}")
         if min(self.corner_std_px, self.control_std_px) < 0 or self.clutter_count < 0:
@@ -126,6 +143,11 @@ class DistortionSpec:
     @property
     def canvas_half(self) -> float:
         return (self.canvas - 1) / 2
+
+    @property
+    def regular_elastic_grid(self) -> bool:
+        """The elastic warp's output control points are TPSTransform's regular grid over the canvas."""
+        return self.elastic_direction == "backward" and self.elastic_grid == "canvas"
 
     @property
     def whole_pixel_translation(self) -> bool:
@@ -198,9 +220,38 @@ def homography_denominators(theta: Tensor) -> Tensor:
 
 
 def tps_theta(spec: DistortionSpec, params: Params) -> Tensor:
-    """TPS theta [N, 2 * grid_size^2]: the source (x, y) of each control point, flattened."""
-    source = _source_points(spec, params["scale"], params["control_offsets_px"], spec.grid_size)
+    """TPS theta [N, 2 * grid_size^2]: the source (x, y) of each regular output control point, flattened."""
+    if not spec.regular_elastic_grid:
+        raise ValueError("tps_theta needs the regular output control grid (elastic backward over the canvas)")
+    source = elastic_points(spec, params)[1]
     return source.reshape(len(source), -1).float()
+
+
+def elastic_points(spec: DistortionSpec, params: Params) -> tuple[Tensor, Tensor]:
+    """Normalised float64 (output, source) points [N, K, 2] through which the elastic TPS passes (any reading)."""
+    scale = params["scale"].double()[:, None, None]
+    half = spec.canvas_half if spec.elastic_grid == "canvas" else SOURCE_HALF * scale
+    grid = (unit_grid(spec.grid_size, scale.device) * half).expand(len(scale), -1, -1)  # output px from the centre
+    offsets = params["control_offsets_px"].double() * (1.0 if spec.elastic_offsets == "output" else scale)
+    output, source = (grid, grid + offsets) if spec.elastic_direction == "backward" else (grid + offsets, grid)
+    return output / spec.canvas_half, source / (scale * SOURCE_HALF)
+
+
+def fitted_tps_grid(output: Tensor, source: Tensor, size: int) -> Tensor:
+    """Sampling grid [N, size, size, 2] of the TPS through output -> source points ([N, K, 2], normalised), per
+    sample (float64 solve), for control points that are not TPSTransform's fixed grid."""
+    n = len(output)
+    features = torch.cat([torch.ones_like(output[..., :1]), output], -1)  # [N, K, 3]
+    kernel = tps_kernel((output[:, :, None] - output[:, None]).square().sum(-1))
+    system = torch.cat(
+        [torch.cat([kernel, features], 2), torch.cat([features.transpose(1, 2), output.new_zeros(n, 3, 3)], 2)], 1
+    )
+    coefficients = torch.linalg.solve(system, torch.cat([source, source.new_zeros(n, 3, 2)], 1))  # [N, K + 3, 2]
+    points = target_points((size, size), output.device, torch.float64)[:2].T  # [H*W, 2]
+    radial = tps_kernel((points[None, :, None] - output[:, None]).square().sum(-1))  # [N, H*W, K]
+    ones = torch.ones_like(points[:, :1]).expand(n, -1, -1)
+    grid = torch.cat([radial, ones, points.expand(n, -1, -1)], -1) @ coefficients
+    return grid.view(n, size, size, 2).float()
 
 
 THETA = {"similarity": similarity_theta, "projective": projective_theta, "tps": tps_theta}
@@ -404,6 +455,9 @@ def _paste(image: Tensor, patches: Tensor, paste_xy: Tensor) -> Tensor:
 
 def warp_digits(spec: DistortionSpec, digits: Tensor, params: Params) -> Tensor:
     """Digits [n, 28, 28] uint8 warped into the canvas -> float [n, 1, S, S], rounded to whole grey levels."""
+    if spec.transform == "tps" and not spec.regular_elastic_grid:
+        grid = fitted_tps_grid(*elastic_points(spec, params), spec.canvas)
+        return sample(digits[:, None].float(), grid).round_()
     theta = THETA[spec.transform](spec, params)
     image = warp(digits[:, None].float(), _transform(spec.transform, spec.grid_size), theta, (spec.canvas,) * 2)
     if spec.transform == "similarity" and spec.placement == "frame":
