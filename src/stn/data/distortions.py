@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from stn.transformers import AffineTransform, ProjectiveTransform, TPSTransform, Transform, warp
-from stn.transformers.grids import target_points, tps_kernel
+from stn.transformers.grids import target_points
 from stn.transformers.sampler import sample
 
 SOURCE_SIZE = 28  # MNIST digits
@@ -239,19 +239,27 @@ def elastic_points(spec: DistortionSpec, params: Params) -> tuple[Tensor, Tensor
 
 def fitted_tps_grid(output: Tensor, source: Tensor, size: int) -> Tensor:
     """Sampling grid [N, size, size, 2] of the TPS through output -> source points ([N, K, 2], normalised), per
-    sample (float64 solve), for control points that are not TPSTransform's fixed grid."""
-    n = len(output)
-    features = torch.cat([torch.ones_like(output[..., :1]), output], -1)  # [N, K, 3]
-    kernel = tps_kernel((output[:, :, None] - output[:, None]).square().sum(-1))
+    sample, for control points that are not TPSTransform's fixed grid.
+
+    The system is solved in float64; the spline is evaluated over the canvas in float32 (1e-4 px off, far below
+    a grey level) as few passes as possible: this runs for every training epoch under redraw.
+    """
+    n, k = output.shape[:2]
+    affine = torch.cat([torch.ones_like(output[..., :1]), output], -1)  # [N, K, 3]
+    squared = (output[:, :, None] - output[:, None]).square().sum(-1)
     system = torch.cat(
-        [torch.cat([kernel, features], 2), torch.cat([features.transpose(1, 2), output.new_zeros(n, 3, 3)], 2)], 1
+        [torch.cat([torch.xlogy(squared, squared), affine], 2), torch.cat([affine.mT, output.new_zeros(n, 3, 3)], 2)], 1
     )
-    coefficients = torch.linalg.solve(system, torch.cat([source, source.new_zeros(n, 3, 2)], 1))  # [N, K + 3, 2]
-    points = target_points((size, size), output.device, torch.float64)[:2].T  # [H*W, 2]
-    radial = tps_kernel((points[None, :, None] - output[:, None]).square().sum(-1))  # [N, H*W, K]
-    ones = torch.ones_like(points[:, :1]).expand(n, -1, -1)
-    grid = torch.cat([radial, ones, points.expand(n, -1, -1)], -1) @ coefficients
-    return grid.view(n, size, size, 2).float()
+    coefficients = torch.linalg.solve(system, torch.cat([source, source.new_zeros(n, 3, 2)], 1)).float()
+    points = target_points((size, size), output.device, torch.float32)[:2].T  # [H*W, 2]
+    control = output.float()
+    # |p - c|^2 = |p|^2 - 2 p.c + |c|^2 as one matmul per image (much faster than broadcasting differences)
+    rows = torch.cat([points, points.square().sum(1, keepdim=True), torch.ones_like(points[:, :1])], 1)  # [H*W, 4]
+    cols = torch.cat([-2 * control, torch.ones_like(control[..., :1]), control.square().sum(2, keepdim=True)], 2)
+    squared = (rows @ cols.mT).clamp_(min=torch.finfo(torch.float32).tiny)  # [N, H*W, K]
+    grid = (squared * squared.log()) @ coefficients[:, :k]
+    grid += coefficients[:, k : k + 1] + points @ coefficients[:, k + 1 :]
+    return grid.view(n, size, size, 2)
 
 
 THETA = {"similarity": similarity_theta, "projective": projective_theta, "tps": tps_theta}
