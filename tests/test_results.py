@@ -148,13 +148,15 @@ def test_mixed_recipes_in_one_cell_are_an_error_unless_one_is_picked():
     assert recipe_of(on_gpu).endswith("fresh training distortions every epoch, bf16 autocast")
 
 
-def test_unrun_cells_the_paper_reports_can_be_marked_for_the_gpu():
+def test_unrun_cells_the_paper_reports_can_be_marked_and_a_note_says_where_they_are():
     columns, paper = load_paper_table(PAPER_CSV)
     table = build_table([finished("fcn", "R", 0, 2.0), finished("fcn", "P", 0, 5.0)], columns, paper, missing="GPU")
+    table.note = "Cells marked GPU: make reproduce-table1 RECIPE=cpu-full runs them."
     markdown = render_markdown(table)
+    assert "\n\nCells marked GPU: make reproduce-table1 RECIPE=cpu-full runs them.\n" in markdown
     assert "1 within 0.3 pp, 1 within 1 pp; more than 1 pp off: FCN P (+1.90)." in markdown
     assert "| CNN | — | GPU<br>paper 1.2 |" in markdown
-    assert "GPU = reported by the paper, not run here" in markdown
+    assert "GPU = reported by the paper, not run by this recipe (see the note below the table)" in markdown
     assert (
         "| ST-CNN TPS | — | GPU<br>paper 0.7 | GPU<br>paper 0.5 | GPU<br>paper 0.8 | GPU<br>paper 1.1 | — |" in markdown
     )

@@ -116,7 +116,7 @@ def test_table_from_the_result_files(sweep, tmp_path):
 
 
 @pytest.mark.slow
-def test_make_table1_on_a_cpu_marks_the_gpu_cells_and_prints_how_to_fill_them(sweep, tmp_path):
+def test_make_table1_on_a_cpu_marks_the_unrun_cells_and_says_where_they_are(sweep, tmp_path):
     """The last step of `make reproduce-table1` on a CPU (RECIPE=cpu), here over the smoke sweep's folder."""
     command = [
         "make", "--no-print-directory", "table1", "RECIPE=cpu", f"RECIPE_FOLDER_cpu={RECIPE}",
@@ -124,11 +124,18 @@ def test_make_table1_on_a_cpu_marks_the_gpu_cells_and_prints_how_to_fill_them(sw
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "Cells marked GPU: fill them (3 seeds, every model) with: make reproduce-table1 RECIPE=fast" in done.stdout
     markdown = (tmp_path / "table1.md").read_text()
-    assert "GPU<br>paper 1.5" in markdown  # CNN on P: not run here, reported by the paper
+    assert "not run<br>paper 1.5" in markdown  # CNN on P: not run by this recipe, reported by the paper
+    assert "not run = reported by the paper, not run by this recipe (see the note below the table)" in markdown
+    assert "filled by make reproduce-table1 RECIPE=cpu-full (every cell" in markdown
+    assert "results/table1_cpu_full.md" in markdown
     fcn_r = result(sweep, "mnist_r", "fcn")
     assert f"{fcn_r['test_error']:.2f} (n=1)<br>paper 2.1" in markdown
+    # RECIPE=cpu-full renders every cell under its own name
+    full = [*command[:3], "RECIPE=cpu-full", f"RECIPE_FOLDER_cpu-full={RECIPE}", *command[5:]]
+    done = subprocess.run(full, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "not run" not in (tmp_path / "table1_cpu_full.md").read_text()
 
 
 def test_rendering_a_table_from_a_missing_runs_folder_is_one_clear_error(tmp_path, capsys):

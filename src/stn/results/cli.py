@@ -1,7 +1,7 @@
 """The paper's tables rendered from our runs against the paper, and comparisons of recipes.
 
     python -m stn.results table1 [--runs runs/table1] [--source local|wandb] [--wandb-path ENTITY/PROJECT]
-                                 [--recipe NAME] [--name table1] [--missing TEXT] [--out results]
+                                 [--recipe NAME] [--name table1] [--missing TEXT] [--note TEXT] [--out results]
 
 writes results/<name>.md, .csv and .tex: for each model x column the paper's number (% test error for Table 1),
 ours as mean ± std over seeds (with n), and the difference; a cell without runs shows "—" (or --missing, e.g.
@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         table.add_argument("--recipe", help="count only runs of this recipe folder (e.g. fast-fast, sgd_table1-paper)")
         table.add_argument("--name", default=spec.name, help="output file name (without suffix)")
         table.add_argument("--missing", default=MISSING, help='what an unrun cell the paper reports shows (e.g. "GPU")')
+        table.add_argument("--note", default="", help="a paragraph under the table (e.g. where unrun cells are)")
         table.add_argument("--paper", type=Path, default=spec.paper_csv)
         table.add_argument("--out", type=Path, default=Path("results"))
     compare = commands.add_parser("compare", help="compare the recipes (arms) of the runs under a folder")
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> None:
     columns, paper = load_paper_table(args.paper)
     records = load_results(args.source, args.runs, args.wandb_path)
     table = build_table(records, columns, paper, args.recipe, args.missing, TABLES[args.command])
+    table.note = args.note
     for path in write_table(table, args.out, args.name):
         print(f"wrote {path}")
     if table.not_counted:

@@ -74,6 +74,7 @@ class Table:
     commits: list[str]
     missing: str = MISSING  # what a cell the paper reports but we have not run shows (e.g. "GPU")
     spec: TableSpec = TABLE1
+    note: str = ""  # a paragraph under the table (e.g. which cells a recipe runs and where the others are)
 
 
 def build_table(
@@ -197,7 +198,7 @@ def caption(table: Table) -> str:
         text += "; no finished runs"
     text += f"; {table.spec.paper_note}; Δ = ours - paper; — = no finished run / not reported"
     if table.missing != MISSING:
-        text += f"; {table.missing} = reported by the paper, not run here (see the command below the table)"
+        text += f"; {table.missing} = reported by the paper, not run by this recipe (see the note below the table)"
     text += "."
     if table.commits:
         text += f" Code: {', '.join(table.commits)}."
@@ -278,6 +279,8 @@ def render_markdown(table: Table) -> str:
             row.append(_markdown_cell(table, cell))
         lines.append("| " + " | ".join(row) + " |")
     lines += agreement_lines(table)
+    if table.note:
+        lines += ["", table.note]
     lines += _per_cell_lines(table)
     if table.not_counted:
         lines += ["", f"Not counted ({len(table.not_counted)} runs):", *not_counted_lines(table)]
