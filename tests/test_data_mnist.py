@@ -252,6 +252,15 @@ def test_p_diagonal_reading_moves_each_corner_along_its_diagonal(test_digits):
     assert not torch.allclose(per_axis[..., 0].abs(), per_axis[..., 1].abs())  # the per-axis reading moves freely
 
 
+def test_p_any_direction_reading_moves_each_corner_n5_px_in_a_uniform_direction(test_digits):
+    offsets = draw("p", test_digits, **{"distortion.corner_move": "any_direction"})["corner_offsets_px"].double()
+    length = offsets.norm(dim=-1).flatten()
+    assert stats.kstest(length.numpy(), stats.halfnorm(0, 5.0).cdf).pvalue > MIN_P_VALUE  # |N(0, 5)| px
+    direction = torch.atan2(offsets[..., 1], offsets[..., 0]).flatten()
+    assert_uniform(direction, -torch.pi, torch.pi)
+    assert offsets.std().item() == pytest.approx(5.0 / 2**0.5, rel=0.02)  # 3.54 px per axis, as the diagonal
+
+
 @pytest.mark.parametrize(
     ("variant", "changes"),
     [
@@ -260,6 +269,7 @@ def test_p_diagonal_reading_moves_each_corner_along_its_diagonal(test_digits):
         ("rts", {"distortion.placement": "frame", "distortion.frame_px": 32}),
         ("p", {"distortion.corner_move": "per_axis"}),
         ("p", {"distortion.corner_move": "diagonal"}),
+        ("p", {"distortion.corner_move": "any_direction"}),
         ("e", {"distortion.elastic_direction": "forward", "distortion.elastic_grid": "digit"}),
     ],
 )
@@ -267,7 +277,8 @@ def test_every_reading_composes_from_the_config_renders_and_has_its_own_stored_s
     cfg = DataConfig.from_cfg(data_cfg(variant, Path("root"), None, **changes))
     images, _ = generate(cfg.spec, mnist.test_images[:64], torch.Generator().manual_seed(0))
     assert images.shape == (64, 1, cfg.spec.canvas, cfg.spec.canvas) and images.float().mean() > 10
-    others = {("rts", "ink"), ("rts", "frame28"), ("rts", "frame32"), ("p", "per_axis"), ("p", "diagonal"), ("e", "")}
+    others = {("rts", "ink"), ("rts", "frame28"), ("rts", "frame32"), ("p", "per_axis"), ("p", "diagonal")}
+    others |= {("p", "any_direction"), ("e", "")}
     paths = set()
     for other_variant, reading in others:
         if other_variant != variant:
@@ -280,7 +291,7 @@ def test_every_reading_composes_from_the_config_renders_and_has_its_own_stored_s
             other = changes
         paths.add(DataConfig.from_cfg(data_cfg(variant, Path("root"), None, **other)).path)
     default = DataConfig.from_cfg(data_cfg(variant, Path("root"), None)).path
-    assert cfg.path in paths | {default} and len(paths | {default}) == {"p": 2, "rts": 3, "e": 2}[variant]
+    assert cfg.path in paths | {default} and len(paths | {default}) == {"p": 3, "rts": 3, "e": 2}[variant]
 
 
 def test_p_corner_offsets_follow_the_recipe_and_define_the_homography(test_digits):

@@ -17,7 +17,9 @@ centres of the corner pixels, so a half-width of (size - 1) / 2 pixels spans one
   (output pixels): the output corner k shows what sat at c_k + delta_k after scaling. Corners in the order
   (-1,-1), (+1,-1), (-1,+1), (+1,+1), i.e. top-left, top-right, bottom-left, bottom-right. `corner_move`
   'per_axis': each coordinate of delta_k ~ N(0, corner_std_px); 'diagonal': delta_k lies on corner k's diagonal
-  (outward positive) with length ~ N(0, corner_std_px), i.e. +-N/sqrt(2) per axis. With `convex_only`, draws whose
+  (outward positive) with length ~ N(0, corner_std_px), i.e. +-N/sqrt(2) per axis; 'any_direction': delta_k has
+  length ~ N(0, corner_std_px) in a uniformly random direction (std corner_std_px/sqrt(2) per axis, like the
+  diagonal, but free to turn and shear the corners). With `convex_only`, draws whose
   displaced corners are not a convex quadrilateral are redrawn (they would fold the image).
 - tps (E): grid_size x grid_size control points g_k (row-major, y outer) and offsets delta_k =
   `control_offsets_px[k]`, read as `elastic_direction` 'backward': output point g_k shows the scaled digit at
@@ -52,7 +54,7 @@ TRANSFORM_KEYS = {
 }
 CLUTTER_KEYS = {"clutter_count", "clutter_size"}
 PLACEMENTS = ("centre", "ink", "frame")
-CORNER_MOVES = ("per_axis", "diagonal")
+CORNER_MOVES = ("per_axis", "diagonal", "any_direction")
 ELASTIC_READINGS = {
     "elastic_direction": ("backward", "forward"),
     "elastic_grid": ("canvas", "digit"),
@@ -412,11 +414,15 @@ def _corner_offsets(spec: DistortionSpec, scale: Tensor, generator: torch.Genera
 
 
 def _draw_corner_offsets(spec: DistortionSpec, n: int, generator: torch.Generator) -> Tensor:
-    """[n, 4, 2] corner displacements: N(0, corner_std_px) per coordinate, or along each corner's diagonal."""
+    """[n, 4, 2] corner displacements: N(0, corner_std_px) per coordinate, or that length along each corner's
+    diagonal or in a random direction."""
     if spec.corner_move == "per_axis":
         return _normal(spec.corner_std_px, (n, 4, 2), generator)
-    outward = unit_grid(2, generator.device).float() / 2**0.5  # unit vectors from the centre through each corner
-    return _normal(spec.corner_std_px, (n, 4, 1), generator) * outward
+    length = _normal(spec.corner_std_px, (n, 4, 1), generator)
+    if spec.corner_move == "diagonal":
+        return length * unit_grid(2, generator.device).float() / 2**0.5  # unit vectors from the centre to each corner
+    angle = _uniform((0.0, 2 * torch.pi), (n, 4), generator)
+    return length * torch.stack([angle.cos(), angle.sin()], -1).float()
 
 
 def _clutter_params(
