@@ -19,14 +19,13 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from stn.atomic import atomic_path
+from stn.atomic import atomic_path, remove_stale_temporaries, temporary_name
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +183,8 @@ def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Pat
     """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    staging = dest / f".extract-{archive.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    remove_stale_temporaries(dest)  # a killed extraction's folder (it can hold gigabytes)
+    staging = dest / temporary_name(f"extract-{archive.name}")
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
