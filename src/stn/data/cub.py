@@ -26,7 +26,7 @@ from torch import Tensor
 
 import stn
 from stn.data.dataset import STREAMS, derived_seed
-from stn.data.download import Remote, extract_tar, fetch_and_extract, verify_file
+from stn.data.download import Remote, extract_tar, fetch_and_extract, refuse_partial_folder, verify_file
 from stn.data.splits import LabelledSplits, split_tensors
 from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
 from stn.data.svhn import RESAMPLE, center_crop, default_workers, map_images, random_crops
@@ -220,10 +220,11 @@ def find_folder(cfg: CubConfig, progress: bool = True) -> Path:
     for folder in [*sources, cfg.root / FOLDER]:
         if (folder / "images.txt").is_file():
             return folder
+    refuse_partial_folder(cfg.root / FOLDER, "images.txt")
     if cfg.cub_source is not None:
         archive = cfg.cub_source / remote.filename
         if archive.is_file():
-            verify_file(archive, remote, _source_hint())
+            verify_file(archive, remote, _source_hint(), in_source=True)
             extract_tar(archive, cfg.root)
             return _extracted(cfg, archive)
         raise CubNotFoundError(
