@@ -103,7 +103,7 @@ def test_a_source_without_cub_names_the_folder_and_the_option(tmp_path):
 def resized(sample: Path, path: str, size: int) -> np.ndarray:
     """torchvision's Resize(size) of a sample image: the whole image, uint8 [3, H, W]."""
     with Image.open(sample / "images" / path) as image:
-        return np.asarray(TF.resize(image.convert("RGB"), size, InterpolationMode.BILINEAR)).transpose(2, 0, 1)
+        return np.array(TF.resize(image.convert("RGB"), size, InterpolationMode.BILINEAR)).transpose(2, 0, 1)
 
 
 def test_resizing_matches_torchvisions_resize_and_keeps_the_whole_image(sample, metadata):

@@ -83,6 +83,8 @@ def read_verified(path: str | os.PathLike) -> tuple[Arrays, dict]:
     arrays: Arrays = {}
 
     def collect(name: str, item: object) -> None:
+        if not isinstance(name, str):  # h5py gives a damaged (non-UTF-8) name as bytes
+            raise ValueError(f"a dataset name is not text: {name!r}")
         if isinstance(item, h5py.Dataset):
             arrays[name] = item[()]
 
