@@ -3,6 +3,7 @@ lock per data folder, so two commands never prepare the same data at once."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -21,6 +22,8 @@ HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 # (kill -9 leaves it) from a live one's, even on a folder several hosts share.
 TEMPORARY = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 LOCK_NAME = ".stn.lock"
+# The errors of a write itself: full disk or quota, file size limit, read-only or forbidden folder, device error.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 class WriteError(OSError):
@@ -67,11 +70,12 @@ def write_error(path: Path, error: BaseException) -> WriteError:
         free = f"{shutil.disk_usage(path.parent).free / 2**30:.1f} GB free there"
     except OSError:
         free = "free space unknown"
-    return WriteError(
-        getattr(error, "errno", None),
+    message = (
         f"could not write {path} ({type(error).__name__}: {error}; {free}). Free some space (or fix the folder's "
-        f"permissions) and run again: the previous {path.name}, if any, is unchanged",
+        f"permissions) and run again: the previous {path.name}, if any, is unchanged"
     )
+    code = getattr(error, "errno", None)
+    return WriteError(code, message) if code else WriteError(message)  # torch's RuntimeError has no errno
 
 
 @contextmanager
@@ -104,7 +108,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def _is_write_failure(error: BaseException, temporary: Path) -> bool:
     """The error is the write's own (not, say, a download's connection error raised inside the block)."""
     if isinstance(error, OSError):
-        return error.filename in (None, str(temporary)) and error.errno is not None
+        return error.filename in (None, str(temporary)) and error.errno in WRITE_ERRNOS
     return "inline_container" in str(error) or "file write failed" in str(error)
 
 

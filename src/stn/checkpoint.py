@@ -1,7 +1,9 @@
 """Atomic files of a run: checkpoint.pt (to resume) and result.json (the record tables are built from).
 
 Both are written to a temporary file in the same folder, flushed to disk and renamed over the old one, so a run
-killed at any moment (even kill -9) leaves either the previous complete file or the new complete file.
+killed at any moment (even kill -9) leaves either the previous complete file or the new complete file. A checkpoint
+carries a sha256 over its content, verified on load with its weights checked finite, so that damage never resumes
+into a run recorded as finished.
 """
 
 from __future__ import annotations
