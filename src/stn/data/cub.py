@@ -12,7 +12,8 @@ every image is stored landscape, a portrait one transposed, left-aligned on a ca
 max_side + 1] with max_side = image_size * max_aspect (a longer side beyond it keeps its centre; counted in the
 attrs); the last column holds the image's longer side (channels 0 and 1: high and low byte) and whether it was
 transposed (channel 2), so that a batch of images carries what its crops need. Landscape storage pads at most
-max_aspect - 1 of the shorter side, where padding both ways (a square canvas) would need twice that.
+max_aspect - 1 of the shorter side, where padding both ways (a square canvas) would need twice that. At max_aspect
+2 a set takes twice the memory of centre squares: 4.6 GB (cub224) and 18.6 GB (cub448) of uint8 for all 11,788.
 """
 
 from __future__ import annotations
