@@ -80,6 +80,29 @@ def test_non_finite_restored_weights_and_foreign_checkpoints_are_refused(tmp_pat
     assert "no checksum" in caplog.text
 
 
+def test_a_run_never_resumes_from_flipped_checkpoint_bytes(tmp_path, data_store, mnist_raw_root):
+    """The review's case: a few flipped bytes in the weights of a run's checkpoint. The resumed run stops with the
+    file named, and its record says failed, never finished."""
+    cfg = config(
+        "data=mnist_rts", "model=fcn", "budget=smoke", f"paths.data_dir={data_store}",
+        f"paths.mnist_source={mnist_raw_root}", f"paths.runs_dir={tmp_path}",
+    )  # fmt: skip
+    run_dir = Path(cfg.run_dir)
+    train(cfg)
+    weights = load_checkpoint(run_dir)["model"]
+    largest = max(weights.values(), key=lambda t: t.numel()).numpy().tobytes()
+    data = bytearray((run_dir / CHECKPOINT).read_bytes())
+    at = data.find(largest[:64])
+    assert at > 0  # stored uncompressed
+    data[at + 100 : at + 104] = bytes(b ^ 0x40 for b in data[at + 100 : at + 104])
+    (run_dir / CHECKPOINT).write_bytes(bytes(data))
+    (run_dir / RESULT).unlink()  # as if the run had been interrupted before its end
+    with pytest.raises(DamagedFileError, match="does not match its sha256"):
+        run_sweep_job(train, cfg, run_dir)
+    record = read_result(run_dir)
+    assert record["status"] == "failed" and str(run_dir / CHECKPOINT) in record["error"]
+
+
 @pytest.mark.parametrize("content", ["{}", "[]", '"finished"', '{"status": 1}'])
 def test_a_foreign_result_json_is_named(tmp_path, content):
     (tmp_path / RESULT).write_text(content)
