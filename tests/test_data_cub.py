@@ -100,18 +100,26 @@ def test_a_source_without_cub_names_the_folder_and_the_option(tmp_path):
 # ---------------------------------------------------------------- the resized stores
 
 
-def test_resizing_matches_torchvisions_resize_and_centre_crop(sample, metadata):
+def resized(sample: Path, path: str, size: int) -> np.ndarray:
+    """torchvision's Resize(size) of a sample image: the whole image, uint8 [3, H, W]."""
+    with Image.open(sample / "images" / path) as image:
+        return np.array(TF.resize(image.convert("RGB"), size, InterpolationMode.BILINEAR)).transpose(2, 0, 1)
+
+
+def test_resizing_matches_torchvisions_resize_and_keeps_the_whole_image(sample, metadata):
     for path in [metadata.paths[i] for i in np.flatnonzero(metadata.present())[:6]]:
         with Image.open(sample / "images" / path) as image:
-            rgb = image.convert("RGB")
-        ours = cub.resize_shorter_center_square(rgb, 256, "bilinear")
-        reference = TF.center_crop(TF.resize(rgb, 256, InterpolationMode.BILINEAR), 256)
-        assert np.array_equal(ours, np.asarray(reference).transpose(2, 0, 1)), path
-    wide = Image.fromarray(np.tile((np.arange(300) % 256).astype(np.uint8), (200, 1))[:, :, None].repeat(3, 2))
-    square = cub.resize_shorter_center_square(wide, 100, "bilinear")  # 300x200 -> 150x100 -> columns 25..124
-    assert square.shape == (3, 100, 100)
-    reference = np.asarray(wide.resize((150, 100), Image.Resampling.BILINEAR))[:, 25:125].transpose(2, 0, 1)
-    assert np.array_equal(square, reference)
+            ours = cub.resize_shorter(image.convert("RGB"), 256, "bilinear")
+        assert np.array_equal(ours, resized(sample, path, 256)), path
+    portrait = np.arange(3 * 10 * 6, dtype=np.uint8).reshape(3, 10, 6)
+    canvas, cut = cub.to_canvas(portrait, max_side=12)
+    assert canvas.shape == (3, 6, 13) and not cut  # landscape: the portrait image transposed, then padded
+    assert np.array_equal(canvas[:, :, :10], portrait.transpose(0, 2, 1)) and not canvas[:, 1:, 10:-1].any()
+    assert canvas[:, 0, -1].tolist() == [0, 10, 1]  # longer side 10 (two bytes), transposed
+    long, transposed = cub.canvas_layout(torch.from_numpy(canvas[None]))
+    assert long.tolist() == [10] and transposed.tolist() == [True]
+    canvas, cut = cub.to_canvas(portrait, max_side=8)  # too elongated: the centre 8 of the 10 rows are kept
+    assert cut and np.array_equal(canvas[:, :, :8], portrait[:, 1:9].transpose(0, 2, 1))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +131,8 @@ def built(sample, tmp_path_factory) -> dict[str, cub.CubSplits]:
 @pytest.mark.parametrize(("name", "size", "crop"), [("cub224", 256, 224), ("cub448", 512, 448)])
 def test_the_stored_sets_hold_the_sample(built, metadata, name, size, crop):
     splits = built[name]
-    assert splits.train_x.shape == (25, 3, size, size) and splits.test_x.shape == (25, 3, size, size)
+    canvas = (3, size, 2 * size + 1)  # max_aspect 2: landscape canvas + the layout column
+    assert splits.train_x.shape == (25, *canvas) and splits.test_x.shape == (25, *canvas)
     assert splits.train_x.dtype == torch.uint8 and splits.train_y.dtype == torch.int64 and len(splits.val_x) == 0
     assert splits.crop_size == crop and splits.num_classes == 200 and splits.flip
     assert splits.meta["missing"] == {"train": 5969, "test": 5769}  # flagged in the meta (and a warning on load)
@@ -131,6 +140,7 @@ def test_the_stored_sets_hold_the_sample(built, metadata, name, size, crop):
     arrays, attrs = read_verified(splits.meta["path"])  # the checksum verifies on reload
     assert attrs["sha256"] == splits.meta["sha256"]
     assert attrs["source"]["missing"] == {"train": 5969, "test": 5769} and attrs["sizes"]["test"] == 25
+    assert attrs["longer_side_cut"] == 0 == splits.meta["longer_side_cut"]  # the sample's aspect ratios are <= 1.85
     index = {int(i): k for k, i in enumerate(metadata.image_ids)}
     for part, train in (("train", True), ("test", False)):
         ids = arrays[f"{part}/image_id"]
@@ -139,7 +149,7 @@ def test_the_stored_sets_hold_the_sample(built, metadata, name, size, crop):
     first = metadata.folder / "images" / metadata.paths[index[int(arrays["test/image_id"][0])]]
     with Image.open(first) as image:
         assert arrays["test/original_size"][0].tolist() == list(image.size)
-        expected = cub.resize_shorter_center_square(image.convert("RGB"), size, "bilinear")
+        expected, _ = cub.to_canvas(cub.resize_shorter(image.convert("RGB"), size, "bilinear"), 2 * size)
     assert np.array_equal(splits.test_x[0].numpy(), expected)
 
 
@@ -181,25 +191,63 @@ def test_configs_compose_with_hydra(tmp_path):
 
 
 def test_random_crop_and_flip_per_sample():
-    images = torch.randint(0, 256, (24, 3, 64, 80), dtype=torch.uint8)  # non-square on purpose
-    crops, params = cub.random_crops(images, 48, torch.Generator().manual_seed(3), flip_prob=0.5, return_params=True)
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(3, 64, 80), (3, 80, 64)] * 12  # landscape and portrait, stored on one landscape canvas
+    images = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator) for shape in shapes]
+    batch = torch.stack([torch.from_numpy(cub.to_canvas(image.numpy(), 128)[0]) for image in images])
+    crops, params = cub.whole_image_crops(
+        batch, 48, torch.Generator().manual_seed(3), flip_prob=0.5, return_params=True
+    )
     assert crops.shape == (24, 3, 48, 48)
     assert params.top.max() <= 16 and params.left.max() <= 32 and params.top.min() >= 0 and params.left.min() >= 0
     assert 0 < int(params.flip.sum()) < 24  # drawn per sample
     assert len(set(zip(params.top.tolist(), params.left.tolist(), strict=True))) > 12
-    for i in range(24):
+    for i, image in enumerate(images):
         t, left = int(params.top[i]), int(params.left[i])
-        window = images[i, :, t : t + 48, left : left + 48]
+        row, col = (left, t) if image.shape[1] > image.shape[2] else (t, left)
+        window = image[:, row : row + 48, col : col + 48]
         assert torch.equal(crops[i], window.flip(-1) if params.flip[i] else window)  # a flipped crop = mirrored pixels
-    assert torch.equal(cub.random_crop_flip(images, 48, torch.Generator().manual_seed(3)), crops)
-    unflipped = cub.random_crop_flip(images, 48, torch.Generator().manual_seed(3), flip=False)
+    assert torch.equal(cub.random_crop_flip(batch, 48, torch.Generator().manual_seed(3)), crops)
+    unflipped = cub.random_crop_flip(batch, 48, torch.Generator().manual_seed(3), flip=False)
     mirrored_back = torch.where(params.flip[:, None, None, None], crops.flip(-1), crops)
     assert torch.equal(unflipped, mirrored_back)  # same positions (drawn first), no mirroring
-    assert torch.equal(cub.center_crop(images, 48), images[:, :, 8:56, 16:64])
+    centre = cub.center_crops(batch, 48)
+    assert torch.equal(centre[0], images[0][:, 8:56, 16:64]) and torch.equal(centre[1], images[1][:, 16:64, 8:56])
 
 
 def test_the_splits_transforms(built):
     splits = built["cub224"]
     batch = splits.test_x[:4]
-    assert torch.equal(splits.eval_transform(batch), batch[:, :, 16:240, 16:240])
     assert splits.train_transform(batch, torch.Generator().manual_seed(0)).shape == (4, 3, 224, 224)
+    assert splits.eval_transform(batch).shape == (4, 3, 224, 224)
+
+
+def test_crops_range_over_the_whole_resized_image_and_the_test_crop_is_its_centre(built, sample, metadata):
+    """Every training crop is a window of the whole resized image, in its own orientation (flipped where drawn), and
+    over many draws the windows reach both ends of the longer side, which a centre square would hide (~29% of it
+    on the sample); the test crop is torchvision's CenterCrop of the resized image."""
+    splits = built["cub224"]
+    index = {int(i): k for k, i in enumerate(metadata.image_ids)}
+    arrays, _ = read_verified(splits.meta["path"])
+    paths = [metadata.paths[index[int(i)]] for i in arrays["test/image_id"]]
+    whole = [torch.from_numpy(resized(sample, path, 256)) for path in paths]
+    assert any(w.shape[1] > w.shape[2] for w in whole) and any(w.shape[2] > w.shape[1] for w in whole)
+    for k, image in enumerate(whole):
+        assert torch.equal(splits.eval_transform(splits.test_x[k : k + 1])[0], TF.center_crop(image, 224))
+    draws = 40
+    repeated = splits.test_x.repeat(draws, 1, 1, 1)
+    crops, params = cub.whole_image_crops(
+        repeated, 224, torch.Generator().manual_seed(1), flip_prob=0.5, return_params=True
+    )
+    long, _ = cub.canvas_layout(splits.test_x)
+    for k, image in enumerate(whole):
+        picks = range(k, len(repeated), len(whole))
+        offsets, hidden = params.left[list(picks)], (int(long[k]) - 256) // 2  # hidden: what a centre square cuts
+        assert offsets.min() >= 0 and offsets.max() <= long[k] - 224
+        if hidden > 20:  # crops reach into both ends that the centre square hid
+            assert offsets.min() < hidden and offsets.max() + 224 > hidden + 256
+        for n in list(picks)[:4]:
+            top, left = int(params.top[n]), int(params.left[n])
+            row, col = (left, top) if image.shape[1] > image.shape[2] else (top, left)
+            window = image[:, row : row + 224, col : col + 224]
+            assert torch.equal(crops[n], window.flip(-1) if params.flip[n] else window)

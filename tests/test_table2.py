@@ -70,6 +70,23 @@ def test_every_cell_composes_and_its_model_runs_forward_and_backward(data, model
     assert dropouts == [0.5] * 10  # conv 2-8 and the 3 FC layers; none after conv 1 nor in the loc nets
 
 
+@pytest.mark.parametrize("reading", ["before_dropout", "after_dropout"])
+def test_multis_feature_map_transformers_read_the_maps_before_dropout(reading):
+    """In training, the transformers before conv 3 and 4 see the previous layer's maps before its dropout (which
+    then applies to the warped maps), unless the config asks for the dropped-out maps; the plain CNN's dropout count
+    and order are unchanged."""
+    torch.manual_seed(0)
+    net = instantiate(compose_train("model=svhn_st_multi", f"model.net.transformers_read={reading}").model.net).train()
+    seen = {}
+    for k in (1, 2):  # blocks 2 and 3 (0-based 1, 2): the maps after pooling, and what the next transformer reads
+        net.blocks[k].pool.register_forward_hook(lambda m, i, out, k=k: seen.__setitem__(f"pool{k}", out.clone()))
+        net.blocks[k + 1].transformer.register_forward_pre_hook(lambda m, i, k=k: seen.__setitem__(f"read{k}", i[0]))
+    net(torch.rand(2, 3, 54, 54))
+    for k in (1, 2):
+        assert torch.equal(seen[f"pool{k}"], seen[f"read{k}"]) == (reading == "before_dropout")
+    assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)] == [0.5] * 10
+
+
 @pytest.fixture(scope="module")
 def svhn_crops(tmp_path_factory) -> dict[str, torch.Tensor]:
     """The real SVHN sample's test images as the models see them (centre crops), per data config."""

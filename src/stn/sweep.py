@@ -83,8 +83,9 @@ class SweepCallback(Callback):
         for run_dir in self.run_dirs:
             try:
                 result = read_result(run_dir)
-            except ValueError as error:  # a damaged result.json: the message says what to do
-                result = {"status": "failed", "error": str(error)}
+            except ValueError as error:  # a damaged result.json (kept as it is): the message says what to do
+                failed.append((run_dir, one_line(error)))
+                continue
             if result is None or self.failed_before.get(run_dir) == (run_dir / RESULT).stat().st_mtime_ns:
                 pending.append(run_dir)
             elif result.get("status") == "finished":

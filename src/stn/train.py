@@ -35,6 +35,7 @@ from stn.runinfo import environment, git_state
 from stn.runtime import pick_device, seed_everything
 from stn.tasks import Classification, Task, higher_is_better, metric_percent
 from stn.transformers import SpatialTransformer
+from stn.validation import check_config
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,7 @@ def _device_name(device: torch.device) -> str:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train cfg.model on cfg.data under cfg.optim / cfg.budget; return (and write) the run's result record."""
     started = time.perf_counter()
+    check_config(cfg)
     budget, seed = cfg.budget, cfg.seed
     check_budget(budget, seed)
     run_dir = Path(to_absolute_path(cfg.run_dir))
@@ -339,7 +341,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     state = load_checkpoint(run_dir)
     if state is not None:
-        if state["run_identity"] != identity:
+        if state.get("run_identity") != identity:
             raise ValueError(
                 f"{run_dir}/checkpoint.pt belongs to a different configuration (data/model/optim/budget/seed/"
                 f"precision); set another experiment_name (or seed), or delete that folder to start over"

@@ -2,9 +2,18 @@
 
 Metadata: images.txt, image_class_labels.txt and train_test_split.txt (5,994 train / 5,794 test, 200 classes,
 labels 0-based here). Each image is resized so that its shorter side is `image_size` (256 for the 224px
-experiments, 512 for the 448px ones) and centre-cropped to image_size x image_size, so that every split stacks
-into one uint8 array (the usual practice: the random 224/448 training crops and the centre test crop are then
-taken from that square, on the device, with per-sample random draws; see train_transform / eval_transform).
+experiments, 512 for the 448px ones) and stored whole: the random 224/448 training crops range over the whole
+resized image (a centre square would hide ~29% of the longer side, and for some images part of the bird), and the
+test crop is its centre; both are taken on the device, with per-sample random draws (train_transform /
+eval_transform).
+
+Layout (simple, and one stackable uint8 array per split, which the trainer and its per-batch transforms need):
+every image is stored landscape, a portrait one transposed, left-aligned on a canvas [3, image_size,
+max_side + 1] with max_side = image_size * max_aspect (a longer side beyond it keeps its centre; counted in the
+attrs); the last column holds the image's longer side (channels 0 and 1: high and low byte) and whether it was
+transposed (channel 2), so that a batch of images carries what its crops need. Landscape storage pads at most
+max_aspect - 1 of the shorter side, where padding both ways (a square canvas) would need twice that. At max_aspect
+2 a set takes twice the memory of centre squares: 4.6 GB (cub224) and 18.6 GB (cub448) of uint8 for all 11,788.
 """
 
 from __future__ import annotations
@@ -26,14 +35,14 @@ from torch import Tensor
 
 import stn
 from stn.data.dataset import STREAMS, derived_seed
-from stn.data.download import Remote, extract_tar, fetch_and_extract, verify_file
+from stn.data.download import Remote, extract_tar, fetch_and_extract, refuse_partial_folder, verify_file
 from stn.data.splits import LabelledSplits, split_tensors
 from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
-from stn.data.svhn import RESAMPLE, center_crop, default_workers, map_images, random_crops
+from stn.data.svhn import RESAMPLE, CropParams, apply_crops, default_workers, map_images
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: whole resized images (landscape canvas), no centre square
 FOLDER = "CUB_200_2011"
 METADATA_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt")
 OFFICIAL_COUNTS = {"train": 5994, "test": 5794, "classes": 200}
@@ -142,6 +151,7 @@ class CubConfig:
     download_urls: tuple[str, ...]
     image_size: int
     crop_size: int
+    max_aspect: float
     num_classes: int
     resample: str
     flip: bool
@@ -160,6 +170,9 @@ class CubConfig:
         image_size, crop_size = int(values["image_size"]), int(values["crop_size"])
         if not 0 < crop_size <= image_size:
             raise ValueError(f"data.crop_size must be in (0, image_size={image_size}], got {crop_size}")
+        max_aspect = float(values.get("max_aspect", 2.0))
+        if not 1 <= max_aspect <= 255 * 256 / image_size:  # the longer side must fit two bytes (see the layout)
+            raise ValueError(f"data.max_aspect must be a ratio >= 1 (longer / shorter side), got {max_aspect}")
         resample = values.get("interpolation", "bilinear")
         if resample not in RESAMPLE:
             raise ValueError(f"data.interpolation must be one of {tuple(RESAMPLE)}, got {resample!r}")
@@ -176,6 +189,7 @@ class CubConfig:
             download_urls=tuple(str(u) for u in ([urls] if isinstance(urls, str) else urls)),
             image_size=image_size,
             crop_size=crop_size,
+            max_aspect=max_aspect,
             num_classes=int(values["num_classes"]),
             resample=resample,
             flip=bool(values.get("flip", True)),
@@ -191,11 +205,17 @@ class CubConfig:
         return {
             "build_version": BUILD_VERSION,
             "image_size": self.image_size,
-            "resize": "shorter side to image_size, then centre crop to a square",
+            "resize": "shorter side to image_size, whole image stored landscape (see the module's layout)",
+            "max_side": self.max_side,
             "interpolation": self.resample,
             "val_size": self.val_size,
             "allow_missing": self.allow_missing,
         }
+
+    @property
+    def max_side(self) -> int:
+        """The longest longer side stored (a longer one keeps its centre)."""
+        return int(self.image_size * self.max_aspect)
 
     @property
     def path(self) -> Path:
@@ -220,10 +240,11 @@ def find_folder(cfg: CubConfig, progress: bool = True) -> Path:
     for folder in [*sources, cfg.root / FOLDER]:
         if (folder / "images.txt").is_file():
             return folder
+    refuse_partial_folder(cfg.root / FOLDER, "images.txt")
     if cfg.cub_source is not None:
         archive = cfg.cub_source / remote.filename
         if archive.is_file():
-            verify_file(archive, remote, _source_hint())
+            verify_file(archive, remote, _source_hint(), in_source=True)
             extract_tar(archive, cfg.root)
             return _extracted(cfg, archive)
         raise CubNotFoundError(
@@ -272,30 +293,46 @@ def usable(cfg: CubConfig, metadata: CubMetadata) -> np.ndarray:
 # ---------------------------------------------------------------- resizing and storing
 
 
-def resize_shorter_center_square(image: Image.Image, size: int, resample: str) -> np.ndarray:
+def resize_shorter(image: Image.Image, size: int, resample: str) -> np.ndarray:
     """Resize so that the shorter side is `size` (the longer one int(size * long / short), as torchvision's
-    Resize), then take the centre size x size square (offsets as torchvision's CenterCrop): uint8 [3, size, size]."""
+    Resize): the whole image, uint8 [3, H, W]."""
     width, height = image.size
     if width <= height:
         new_w, new_h = size, int(size * height / width)
     else:
         new_w, new_h = int(size * width / height), size
     resized = image.resize((new_w, new_h), RESAMPLE[resample])
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    square = resized.crop((left, top, left + size, top + size))
-    return np.ascontiguousarray(np.asarray(square, dtype=np.uint8).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def to_canvas(image: np.ndarray, max_side: int) -> tuple[np.ndarray, bool]:
+    """A resized image [3, H, W] (shorter side S) on its landscape canvas [3, S, max_side + 1] (see the module's
+    layout); and whether its longer side was cut to max_side."""
+    portrait = image.shape[1] > image.shape[2]
+    landscape = image.transpose(0, 2, 1) if portrait else image
+    long = landscape.shape[2]
+    cut = long > max_side
+    if cut:  # keep the centre, as torchvision's CenterCrop would
+        start = int(round((long - max_side) / 2.0))
+        landscape, long = landscape[:, :, start : start + max_side], max_side
+    canvas = np.zeros((3, landscape.shape[1], max_side + 1), np.uint8)
+    canvas[:, :, :long] = landscape
+    canvas[:, 0, -1] = long >> 8, long & 255, portrait
+    return canvas, cut
 
 
 class _ResizeJob(NamedTuple):
     path: str
     size: int
     resample: str
+    max_side: int
 
 
-def _resize_job(job: _ResizeJob) -> tuple[np.ndarray, tuple[int, int]]:
+def _resize_job(job: _ResizeJob) -> tuple[np.ndarray, tuple[int, int], bool]:
     with Image.open(job.path) as image:
         rgb = image.convert("RGB")  # a few CUB images are greyscale
-    return resize_shorter_center_square(rgb, job.size, job.resample), rgb.size
+    canvas, cut = to_canvas(resize_shorter(rgb, job.size, job.resample), job.max_side)
+    return canvas, rgb.size, cut
 
 
 def build_dataset(cfg: CubConfig, progress: bool = True) -> Path:
@@ -317,12 +354,18 @@ def build_dataset(cfg: CubConfig, progress: bool = True) -> Path:
     }
     arrays: dict[str, np.ndarray] = {}
     workers = default_workers(cfg.workers)
+    cut = 0
     for part, index in parts.items():
-        jobs = [_ResizeJob(str(folder / "images" / metadata.paths[i]), cfg.image_size, cfg.resample) for i in index]
-        images = np.zeros((len(index), 3, cfg.image_size, cfg.image_size), np.uint8)
+        jobs = [
+            _ResizeJob(str(folder / "images" / metadata.paths[i]), cfg.image_size, cfg.resample, cfg.max_side)
+            for i in index
+        ]
+        images = np.zeros((len(index), 3, cfg.image_size, cfg.max_side + 1), np.uint8)
         sizes = np.zeros((len(index), 2), np.int32)
-        for k, (image, size) in enumerate(map_images(_resize_job, jobs, workers, f"{cfg.name} {part}", progress)):
+        results = map_images(_resize_job, jobs, workers, f"{cfg.name} {part}", progress)
+        for k, (image, size, was_cut) in enumerate(results):
             images[k], sizes[k] = image, size
+            cut += was_cut
         arrays[f"{part}/images"] = images
         arrays[f"{part}/labels"] = metadata.labels[index]
         arrays[f"{part}/image_id"] = metadata.image_ids[index]
@@ -341,6 +384,7 @@ def build_dataset(cfg: CubConfig, progress: bool = True) -> Path:
         "archive": {"size": CUB_ARCHIVE.size, "md5": CUB_ARCHIVE.md5},
         "class_names": metadata.class_names,
         "sizes": {part: len(index) for part, index in parts.items()},
+        "longer_side_cut": cut,  # images more elongated than max_aspect: their longer side keeps its centre
         "stn_version": stn.__version__,
     }
     write_atomic(cfg.path, arrays, attrs)
@@ -356,15 +400,62 @@ def ensure_dataset(cfg: CubConfig, progress: bool = True) -> Path:
 # ---------------------------------------------------------------- on-device augmentation
 
 
+def canvas_layout(images: Tensor) -> tuple[Tensor, Tensor]:
+    """Per stored image (uint8 [N, 3, S, max_side + 1], see the module's layout): its longer side and whether it
+    was transposed."""
+    corner = images[:, :, 0, -1].long()
+    return corner[:, 0] * 256 + corner[:, 1], corner[:, 2].bool()
+
+
+def whole_image_crops(
+    images: Tensor,
+    size: int,
+    generator: torch.Generator | None = None,
+    *,
+    flip_prob: float = 0.0,
+    center: bool = False,
+    return_params: bool = False,
+) -> Tensor | tuple[Tensor, CropParams]:
+    """A size x size crop of every stored whole image, at its own uniform random position within it (or its centre,
+    offsets as torchvision's CenterCrop), in the image's own orientation, mirrored left-right with probability
+    flip_prob; on the images' device (`generator` there too, or None). params are in the stored (landscape) frame."""
+    n, _, short, _ = images.shape
+    long, portrait = canvas_layout(images)
+    if size > short:  # the longer side is never shorter
+        raise ValueError(f"crop {size}x{size} is larger than the stored images (shorter side {short})")
+    device = images.device
+    if center:
+        top = torch.full((n,), int(round((short - size) / 2.0)), device=device)
+        left = ((long - size) / 2.0).round().long()  # round half to even, as Python's round
+    else:
+        top = torch.randint(0, short - size + 1, (n,), generator=generator, device=device)
+        left = (torch.rand(n, generator=generator, device=device) * (long - size + 1)).long()
+    flip = torch.zeros(n, dtype=torch.bool, device=device)
+    if flip_prob > 0:
+        flip = torch.rand(n, generator=generator, device=device) < flip_prob
+    params = CropParams(top, left, flip)
+    crops = apply_crops(images, CropParams(top, left, torch.zeros_like(flip)), size)
+    crops = torch.where(portrait[:, None, None, None], crops.transpose(-1, -2), crops)  # back to the image's frame
+    crops = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+    return (crops, params) if return_params else crops
+
+
 def random_crop_flip(images: Tensor, size: int, generator: torch.Generator | None = None, flip: bool = True) -> Tensor:
-    """Per image a size x size crop at its own uniform random position, mirrored left-right with probability 1/2
-    (drawn per image), on the images' device ([appendix]: random 224 crop + horizontal flip)."""
-    return random_crops(images, size, generator, flip_prob=0.5 if flip else 0.0)
+    """Per image a size x size crop at its own uniform random position within the whole stored image, mirrored
+    left-right with probability 1/2 (drawn per image), on the images' device ([appendix]: random 224 crop +
+    horizontal flip)."""
+    return whole_image_crops(images, size, generator, flip_prob=0.5 if flip else 0.0)
+
+
+def center_crops(images: Tensor, size: int) -> Tensor:
+    """The centre size x size crop of every stored whole image ([open] test protocol: one centre crop)."""
+    return whole_image_crops(images, size, center=True)
 
 
 @dataclass
 class CubSplits(LabelledSplits):
-    """uint8 images [N, 3, S, S] (CPU; S = image_size) and int64 labels [N] (0-based) of each split."""
+    """uint8 images [N, 3, S, max_side + 1] (CPU; S = image_size; whole images, see the module's layout) and int64
+    labels [N] (0-based) of each split."""
 
     num_classes: int
     crop_size: int
@@ -377,8 +468,8 @@ class CubSplits(LabelledSplits):
         return random_crop_flip(images, self.crop_size, generator, self.flip)
 
     def eval_transform(self, images: Tensor) -> Tensor:
-        """The centre crop_size crop ([open] test protocol: one centre crop)."""
-        return center_crop(images, self.crop_size)
+        """The centre crop_size crop of each whole image ([open] test protocol: one centre crop)."""
+        return center_crops(images, self.crop_size)
 
 
 def prepare(data_cfg: DictConfig | Mapping, progress: bool = True) -> None:
@@ -405,6 +496,7 @@ def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> CubSpl
         missing=missing,
         source=attrs["source"],
         sizes=attrs["sizes"],
+        longer_side_cut=attrs["longer_side_cut"],
         crop_size=cfg.crop_size,
     )
     return CubSplits(

@@ -19,14 +19,13 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from stn.atomic import atomic_path
+from stn.atomic import atomic_path, remove_stale_temporaries, temporary_name, write_error
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +78,21 @@ def mismatches(got: dict[str, object], size: int | None, sha256: str | None, md5
     ]
 
 
-def verify_file(path: str | os.PathLike, remote: Remote, hint: str = "") -> None:
-    """Raise DownloadError unless the file at `path` has the remote's published size and checksums."""
+def verify_file(path: str | os.PathLike, remote: Remote, hint: str = "", in_source: bool = False) -> None:
+    """Raise DownloadError unless the file at `path` has the remote's published size and checksums. `in_source`: the
+    file is in an offline source folder, which nothing downloads into (so the advice is to replace it)."""
     got = file_digests(path, md5=remote.md5 is not None, sha256=remote.sha256 is not None)
     wrong = mismatches(got, remote.size, remote.sha256, remote.md5)
     if wrong:
+        advice = (
+            "Replace it with the original file (an offline source folder is only read: nothing downloads into it), "
+            "or unset the source folder option to download it."
+            if in_source
+            else f"Delete it and run again to download it (from {remote.urls[0]}), or replace it with the original."
+        )
         raise DownloadError(
             f"{path} is not the published {remote.filename} ({'; '.join(wrong)}; published in {remote.published_in})."
-            f" Delete it and run again to download it (from {remote.urls[0]}), or replace it with the original file."
-            + (f" {hint}" if hint else "")
+            f" {advice}" + (f" {hint}" if hint else "")
         )
 
 
@@ -184,7 +189,8 @@ def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Pat
     """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    staging = dest / f".extract-{archive.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    remove_stale_temporaries(dest)  # a killed extraction's folder (it can hold gigabytes)
+    staging = dest / temporary_name(f"extract-{archive.name}")
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
@@ -201,13 +207,25 @@ def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Pat
                 os.replace(entry, final)
             entries.append(final)
         return entries
-    except (tarfile.TarError, EOFError, OSError) as error:
+    except (tarfile.TarError, EOFError) as error:
         raise DownloadError(
             f"could not extract {archive} into {dest}: {type(error).__name__}: {error}. The archive is probably "
             f"damaged: delete it and run again to download it afresh, or replace it with the original file."
         ) from error
+    except OSError as error:  # the archive read fine: writing failed (full disk, permissions)
+        raise write_error(dest, error) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def refuse_partial_folder(folder: Path, marker: str) -> None:
+    """Raise DownloadError when `folder` exists without `marker`: a half-extracted (or foreign) folder, which
+    extract_tar would keep as it is, so that the error never blames a good archive."""
+    if folder.exists() and not (folder / marker).is_file():
+        raise DownloadError(
+            f"{folder} exists but lacks {marker}: a half-extracted or foreign folder (extraction keeps an existing "
+            f"folder as it is). Delete {folder} and run again: it is extracted afresh from the verified archive."
+        )
 
 
 def fetch_and_extract(

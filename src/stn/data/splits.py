@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol
@@ -23,6 +24,8 @@ from typing import Any, Protocol
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
+
+from stn.atomic import folder_lock
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -67,11 +70,20 @@ def data_module(data_cfg: DictConfig | Mapping) -> ModuleType:
     return importlib.import_module(name)
 
 
+def _lock(data_cfg: DictConfig | Mapping) -> AbstractContextManager:
+    """The lock of the data folder (data.root) a config prepares its data in; none without one (its loader's config
+    check then says what is missing)."""
+    root = data_cfg.get("root")
+    return nullcontext() if root is None else folder_lock(root)
+
+
 def load_splits(data_cfg: DictConfig | Mapping) -> Splits:
-    """The splits of any data config, built and stored first if missing."""
-    return data_module(data_cfg).load_splits(data_cfg)
+    """The splits of any data config, built and stored first if missing (holding its data folder's lock)."""
+    with _lock(data_cfg):
+        return data_module(data_cfg).load_splits(data_cfg)
 
 
 def prepare(data_cfg: DictConfig | Mapping) -> None:
-    """Build (or find) the stored set of any data config without loading it."""
-    data_module(data_cfg).prepare(data_cfg)
+    """Build (or find) the stored set of any data config without loading it (holding its data folder's lock)."""
+    with _lock(data_cfg):
+        data_module(data_cfg).prepare(data_cfg)

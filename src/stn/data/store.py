@@ -3,13 +3,15 @@
 A file only ever appears under its final name complete (written to a temporary name in the same folder, synced,
 then renamed), and its `sha256` attribute is written last, so an interrupted write never leaves a file that
 loads. A file whose content no longer matches its checksum raises CorruptDatasetError: it is never silently
-regenerated (something damaged it, and a person should know), and the message says how to regenerate it.
+regenerated (something damaged it, and a person should know), and the message says how to regenerate it. A second
+checksum, `provenance_sha256`, covers the other attributes (source checksums, name, version, generation).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,7 +23,11 @@ import numpy as np
 from stn.atomic import atomic_path
 from stn.runinfo import cpu_kernels
 
+log = logging.getLogger(__name__)
+
 Arrays = dict[str, np.ndarray]  # "split/name" -> array
+# sha256 over the arrays' checksum and every other attribute; sets stored before it existed verify their arrays only
+PROVENANCE = "provenance_sha256"
 
 
 class StoredConfig(Protocol):
@@ -59,8 +65,16 @@ def write_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], attr
             file.attrs[key] = json.dumps(value)
         # generated pixels can differ by one grey level in a few per million between hosts' float kernels
         file.attrs["cpu_kernels"] = json.dumps(cpu_kernels())
+        provenance = {key: json.loads(value) for key, value in file.attrs.items()}
+        file.attrs[PROVENANCE] = json.dumps(provenance_checksum(digest, provenance))
         file.attrs["sha256"] = json.dumps(digest)  # last: a file without it is incomplete
     return digest
+
+
+def provenance_checksum(digest: str, attrs: Mapping[str, object]) -> str:
+    """sha256 over the arrays' checksum and every other attribute (source md5s, name, version, generation ...)."""
+    others = {key: value for key, value in attrs.items() if key not in ("sha256", PROVENANCE)}
+    return hashlib.sha256(json.dumps([digest, others], sort_keys=True).encode()).hexdigest()
 
 
 def read_verified(path: str | os.PathLike) -> tuple[Arrays, dict]:
@@ -69,6 +83,8 @@ def read_verified(path: str | os.PathLike) -> tuple[Arrays, dict]:
     arrays: Arrays = {}
 
     def collect(name: str, item: object) -> None:
+        if not isinstance(name, str):  # h5py gives a damaged (non-UTF-8) name as bytes
+            raise ValueError(f"a dataset name is not text: {name!r}")
         if isinstance(item, h5py.Dataset):
             arrays[name] = item[()]
 
@@ -76,13 +92,21 @@ def read_verified(path: str | os.PathLike) -> tuple[Arrays, dict]:
         with h5py.File(path, "r") as file:
             file.visititems(collect)
             attrs = {key: json.loads(value) for key, value in file.attrs.items()}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise _corrupt(path, f"unreadable: {error}") from error
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as error:  # h5py raises all of these
+        raise _corrupt(path, f"unreadable: {type(error).__name__}: {error}") from error
     stored = attrs.get("sha256")
     if stored is None:
         raise _corrupt(path, "no sha256 attribute (an incomplete write)")
     if checksum(arrays) != stored:
         raise _corrupt(path, "its content does not match its sha256 attribute")
+    if PROVENANCE not in attrs:
+        log.warning(
+            "%s was stored before its provenance (source checksums, name, version) was checksummed: its arrays are "
+            "verified, its attributes cannot be. Delete it and run again to store it with both checked.",
+            path,
+        )
+    elif provenance_checksum(stored, attrs) != attrs[PROVENANCE]:
+        raise _corrupt(path, f"its attributes do not match its {PROVENANCE} attribute")
     return arrays, attrs
 
 

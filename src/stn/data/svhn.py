@@ -35,7 +35,15 @@ from tqdm import tqdm
 import stn
 from stn.atomic import write_atomic as write_text_atomic
 from stn.data.dataset import STREAMS, derived_seed
-from stn.data.download import Remote, extract_tar, fetch_and_extract, file_digests, urls_under, verify_file
+from stn.data.download import (
+    Remote,
+    extract_tar,
+    fetch_and_extract,
+    file_digests,
+    refuse_partial_folder,
+    urls_under,
+    verify_file,
+)
 from stn.data.splits import SPLIT_NAMES, split_tensors
 from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
 
@@ -393,10 +401,11 @@ def split_folder(cfg: SvhnConfig, split: str, progress: bool = True) -> Path:
     for base in [*sources, cfg.raw_dir]:
         if (base / split / "digitStruct.mat").is_file():
             return base / split
+    refuse_partial_folder(cfg.raw_dir / split, "digitStruct.mat")
     for base in sources:
         archive = base / remote.filename
         if archive.is_file():
-            verify_file(archive, remote, _source_hint())
+            verify_file(archive, remote, _source_hint(), in_source=True)
             extract_tar(archive, cfg.raw_dir)
             return _extracted(cfg, split, archive)
     if cfg.svhn_source is not None:

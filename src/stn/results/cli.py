@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stn.atomic import write_atomic
+from stn.checkpoint import DamagedFileError
 from stn.results.compare import render_comparison
 from stn.results.learned import render_learned
 from stn.results.runs import load_local_results, load_results
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         run(args)
-    except FileNotFoundError as error:  # no runs folder yet, or a misspelt path: the message says which and why
+    except (FileNotFoundError, DamagedFileError) as error:  # no runs folder, a misspelt path, a damaged result.json
         parser.exit(2, f"python -m stn.results: {error}\n")
 
 

@@ -3,7 +3,6 @@ result.json files, or from the W&B runs that mirror them)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import traceback
@@ -15,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from stn.checkpoint import RESULT, read_result, write_result
+from stn.checkpoint import RESULT, DamagedFileError, read_result, write_result
 from stn.results.wandb_offline import offline_wandb_runs, online_wandb_runs, result_from_wandb
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,11 @@ def record_failure(run_dir: Path, cfg: DictConfig, exc: BaseException) -> Path:
     error = f"{type(exc).__name__}: {exc}"
     _finish_open_wandb_run_as_failed(error)
     trace = "".join(traceback.format_exception(exc))
-    existing = read_result(run_dir)
+    try:
+        existing = read_result(run_dir)
+    except DamagedFileError as damaged:  # kept for a person to look at; the sweep lists it as failed
+        log.error("%s; this attempt failed with %s", damaged, error)
+        return run_dir / RESULT
     if existing is not None and existing.get("status") == "finished":
         log.error("%s holds a finished run, left as it is; this attempt failed with %s", run_dir, error)
         return run_dir / RESULT
@@ -87,11 +90,7 @@ def load_local_results(runs_dir: Path) -> list[dict[str, Any]]:
     """Every result.json under `runs_dir` (any depth), each with its `path`."""
     results = []
     for path in sorted(Path(runs_dir).rglob(RESULT)):
-        try:
-            result = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); delete it or rerun that run") from exc
-        results.append({**result, "path": str(path)})
+        results.append({**read_result(path.parent), "path": str(path)})
     return results
 
 
