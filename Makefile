@@ -293,3 +293,23 @@ table3: $(STAMP)
 
 figures-table3: $(STAMP)
 	$(PY) -m stn.figures table3 --runs $(RUNS)/table3/sgd_table3-$(BUDGET) --out results/figures/table3_crops.png
+
+# ---- MNIST addition (Appendix A.1; README "MNIST addition"): FCN, CNN, ST-FCN and 2xST-FCN (Aff / Proj / TPS) on
+# two independently RTS-distorted digits, label = their sum -> results/addition.{md,csv} and
+# results/figures/addition_transformers.png. RECIPE=paper (default on a GPU): Table 1's schedule, 3 seeds (24 runs);
+# RECIPE=cpu (default otherwise): the fast recipe, seed 0 (8 runs); RECIPE=fast: the fast recipe, 3 seeds.
+.PHONY: reproduce-addition addition figures-addition
+ADD_ARGS_paper := $(RECIPE_ARGS_paper)
+ADD_ARGS_fast := $(RECIPE_ARGS_fast)
+ADD_ARGS_cpu := $(RECIPE_ARGS_fast) seed=0
+reproduce-addition: $(STAMP)
+	@test -n "$(ADD_ARGS_$(RECIPE))" || { echo "MNIST addition recipes: RECIPE=paper, fast or cpu, got RECIPE=$(RECIPE)"; exit 2; }
+	@echo "MNIST addition sweep: recipe $(RECIPE) ($(ADD_ARGS_$(RECIPE))), launcher $(LAUNCHER), runs in $(RUNS)/addition"
+	$(PY) -m stn.train --multirun experiment=addition $(ADD_ARGS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
+	$(MAKE) addition figures-addition RUNS=$(RUNS) RECIPE=$(RECIPE)
+
+addition: $(STAMP)
+	$(PY) -m stn.results addition --runs $(RUNS)/addition --recipe $(RECIPE_FOLDER_$(RECIPE)) --out $(RESULTS)
+
+figures-addition: $(STAMP)
+	$(PY) -m stn.figures addition --runs $(RUNS)/addition/$(RECIPE_FOLDER_$(RECIPE)) --out results/figures/addition_transformers.png

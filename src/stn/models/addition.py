@@ -51,7 +51,6 @@ class ParallelSTNet(nn.Module):
         return self.classifier(self.st_pool(torch.cat(warped, 1)))
 
 
-
 def parallel_st_net(
     input_shape: Sequence[int],
     num_classes: int,
