@@ -9,7 +9,7 @@ from stn.transformers.grids import (
     Transform,
     make_transform,
 )
-from stn.transformers.locnets import ConvLocNet, FCLocNet
+from stn.transformers.locnets import ConvLocNet, FCLocNet, StridedConvLocNet
 from stn.transformers.module import SpatialTransformer
 from stn.transformers.sampler import sample, warp
 
@@ -21,6 +21,7 @@ __all__ = [
     "FCLocNet",
     "ProjectiveTransform",
     "SpatialTransformer",
+    "StridedConvLocNet",
     "TPSTransform",
     "Transform",
     "make_transform",
