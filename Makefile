@@ -313,3 +313,12 @@ addition: $(STAMP)
 
 figures-addition: $(STAMP)
 	$(PY) -m stn.figures addition --runs $(RUNS)/addition/$(RECIPE_FOLDER_$(RECIPE)) --out results/figures/addition_transformers.png
+
+# ---- Co-localisation (Appendix A.2; README "Co-localisation"): the encoder (the Table 1 CNN on plain MNIST, trained
+# once by stn.train and cached under $(RUNS)/colocalisation_encoder), then one optimisation per digit class on T and
+# TC -> results/colocalisation.{md,csv} and results/figures/colocalisation_windows.png. COLOC_ARGS: key=value
+# overrides of configs/colocalisation.yaml (e.g. optim.steps=300 classes=[1,7]).
+.PHONY: reproduce-colocalisation
+COLOC_ARGS ?=
+reproduce-colocalisation: $(STAMP)
+	$(PY) -m stn.colocalisation runs_dir=$(RUNS) out=$(RESULTS) $(COLOC_ARGS)

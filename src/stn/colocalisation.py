@@ -141,10 +141,10 @@ def triplet_hinge(anchors: Tensor, others: Tensor, crops: Tensor, margin: float 
     return F.relu(same - crop + margin)
 
 
-def window_boxes(theta: Tensor, canvas: int, out_size: int) -> Tensor:
-    """Attention windows [N, 4] (x0, y0, x1, y1, pixel edges) of theta [N, 3] = (scale, tx, ty) on a canvas: the
-    span of the output's sample points in the input, widened by half a sample spacing on each side."""
-    scale, centre = theta[:, :1], theta[:, 1:]
+def window_boxes(matrix: Tensor, canvas: int, out_size: int) -> Tensor:
+    """Attention windows [N, 4] (x0, y0, x1, y1, pixel edges) of affine matrices [N, 2, 3] = [[s, 0, tx], [0, s, ty]]
+    on a canvas: the span of the output's sample points in the input, widened by half a sample spacing each side."""
+    scale, centre = matrix[:, 0, :1], matrix[:, :, 2]
     if ALIGN_CORNERS:  # -1 and 1 are the first and last pixel centres
         to_pixels, half_step = (canvas - 1) / 2, scale * (canvas - 1) / (out_size - 1) / 2
         low, high = (centre - scale + 1) * to_pixels + 0.5, (centre + scale + 1) * to_pixels + 0.5
@@ -171,11 +171,12 @@ def random_crops(images: Tensor, size: int, generator: torch.Generator) -> Tenso
 
 
 class Encoder(nn.Module):
-    """A trained classifier's activations at `layers` (module names), flattened and concatenated; frozen."""
+    """A trained classifier's activations at `layers` (module names), flattened and concatenated (and scaled to unit
+    length with `normalise`); frozen."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], normalise: bool = False) -> None:
         super().__init__()
-        self.model, self.layers = model.eval().requires_grad_(False), list(layers)
+        self.model, self.layers, self.normalise = model.eval().requires_grad_(False), list(layers), normalise
         self._seen: list[Tensor] = []
         modules = dict(model.named_modules())
         for name in self.layers:
@@ -184,7 +185,8 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._seen.clear()
         self.model(x)
-        return torch.cat(self._seen, 1)
+        codes = torch.cat(self._seen, 1)
+        return F.normalize(codes, dim=1) if self.normalise else codes
 
 
 def encoder_run(cfg: DictConfig) -> tuple[dict, Path]:
@@ -206,12 +208,15 @@ def encoder_run(cfg: DictConfig) -> tuple[dict, Path]:
 
 
 def attention_transformer(cfg: DictConfig) -> SpatialTransformer:
-    """The attention transformer with the paper's loc net, starting at scale init_scale, centred."""
-    loc_net = StridedConvLocNet(1, (cfg.canvas, cfg.canvas), **cfg.transformer.loc_net)
-    size = int(cfg.transformer.out_size)
-    transformer = SpatialTransformer(loc_net, AttentionTransform(), (size, size))
-    with torch.no_grad():
-        transformer.regressor.bias[0] = float(cfg.transformer.init_scale)
+    """The attention transformer with the paper's loc net, centred; its scale fixed, or learnt from init_scale."""
+    settings = cfg.transformer
+    loc_net = StridedConvLocNet(1, (cfg.canvas, cfg.canvas), **settings.loc_net)
+    size = int(settings.out_size)
+    fixed = settings.fixed_scale
+    transformer = SpatialTransformer(loc_net, AttentionTransform(None if fixed is None else float(fixed)), (size, size))
+    if fixed is None:
+        with torch.no_grad():
+            transformer.regressor.bias[0] = float(settings.init_scale)
     return transformer
 
 
@@ -238,7 +243,8 @@ def colocalise(cfg: DictConfig, encoder: Encoder, images: Tensor, boxes: Tensor,
         if step in cfg.figure_steps or step == steps:
             with torch.no_grad():
                 _, theta = transformer(inputs, return_theta=True)
-            windows[step] = window_boxes(theta, cfg.canvas, int(cfg.transformer.out_size))
+            matrix = transformer.transform.matrix(theta)
+            windows[step] = window_boxes(matrix, cfg.canvas, int(cfg.transformer.out_size))
 
     for step in range(steps):
         record(step)
@@ -250,9 +256,10 @@ def colocalise(cfg: DictConfig, encoder: Encoder, images: Tensor, boxes: Tensor,
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        loss = loss.detach()
     record(steps)
     hits = box_iou(windows[steps], boxes.float()) > float(cfg.iou_threshold)
-    return RunResult(100.0 * hits.float().mean().item(), windows, float(loss))
+    return RunResult(100.0 * hits.float().mean().item(), windows, loss.item())
 
 
 # ---------------------------------------------------------------- the command
@@ -307,7 +314,7 @@ def render_tables(
         f"Command: `python -m stn.colocalisation` (make reproduce-colocalisation), seed {cfg.seed}; one run per class "
         f"and variant: {cfg.images_per_run} images, {cfg.optim.steps} Adam steps (lr {cfg.optim.lr}) of "
         f"{cfg.optim.pairs} random pairs, margin {cfg.margin}, transformer output {cfg.transformer.out_size}px, "
-        f"start scale {cfg.transformer.init_scale} (configs/colocalisation.yaml). Encoder: the Table 1 CNN trained "
+        f"window scale {cfg.transformer.fixed_scale or 'learnt'} (configs/colocalisation.yaml). Encoder: the Table 1 CNN trained "
         f"on plain MNIST ({' '.join(cfg.encoder.overrides)}): test error {encoder['test_error']:.2f}%, "
         f"{encoder['params']:,} parameters, its run in {encoder['run_dir']}.",
         f"Machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
@@ -326,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     record, run_dir = encoder_run(cfg)
     print(f"encoder: test error {record['test_error']:.2f}% ({record['params']:,} parameters), {run_dir}")
-    encoder = Encoder(load_model(run_dir), cfg.encoder.layers)
+    encoder = Encoder(load_model(run_dir), cfg.encoder.layers, cfg.encoder.normalise)
     source = None if cfg.mnist_source in (None, "") else Path(cfg.mnist_source)
     scores: dict[str, dict[int, float]] = {}
     shown: dict[str, tuple[Tensor, RunResult]] = {}
