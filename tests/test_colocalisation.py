@@ -7,7 +7,6 @@ import torch
 from omegaconf import OmegaConf
 
 from stn.checkpoint import load_model
-from stn.transformers import AttentionTransform
 from stn.colocalisation import (
     CONFIG,
     Encoder,
@@ -20,6 +19,7 @@ from stn.colocalisation import (
     triplet_hinge,
     window_boxes,
 )
+from stn.transformers import AttentionTransform
 
 
 def config(tmp_path, mnist_raw_root, *overrides: str):
@@ -91,9 +91,10 @@ def test_the_stored_boxes_hold_the_rendered_digit(tmp_path, mnist_raw_root, vari
 def test_a_short_real_colocalisation_run_trains_the_encoder_and_lowers_the_triplet_loss(tmp_path, mnist_raw_root):
     """End to end on real digits: a briefly trained encoder (cached by stn.train), then 100 steps on class 1 of T.
 
-    Honest about what it shows: the pipeline runs and the loss ends below the margin, but in every pilot so far (300 steps, lr 1e-3 to 3e-2, raw or unit
-    codes, the scale learnt or fixed) the windows moved onto blank canvas -- the loss's degenerate minimum, where
-    every output is the same blank -- and localised 0-8% (paper: 100%), so no localisation threshold is asserted."""
+    Honest about what it shows: the pipeline runs and the loss ends below the margin. In every pilot so far (300
+    steps, lr 1e-3 to 3e-2, raw or unit codes, the scale learnt or fixed) the windows moved onto blank canvas -- the
+    loss's degenerate minimum, every output the same blank -- and localised 0-8% (paper: 100%), so no localisation
+    threshold is asserted."""
     cfg = config(
         tmp_path,
         mnist_raw_root,

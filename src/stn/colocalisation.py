@@ -314,8 +314,9 @@ def render_tables(
         f"Command: `python -m stn.colocalisation` (make reproduce-colocalisation), seed {cfg.seed}; one run per class "
         f"and variant: {cfg.images_per_run} images, {cfg.optim.steps} Adam steps (lr {cfg.optim.lr}) of "
         f"{cfg.optim.pairs} random pairs, margin {cfg.margin}, transformer output {cfg.transformer.out_size}px, "
-        f"window scale {cfg.transformer.fixed_scale or 'learnt'} (configs/colocalisation.yaml). Encoder: the Table 1 CNN trained "
-        f"on plain MNIST ({' '.join(cfg.encoder.overrides)}): test error {encoder['test_error']:.2f}%, "
+        f"window scale {cfg.transformer.fixed_scale or 'learnt'} (configs/colocalisation.yaml). Encoder: the "
+        f"Table 1 CNN trained on plain MNIST ({' '.join(cfg.encoder.overrides)}): "
+        f"test error {encoder['test_error']:.2f}%, "
         f"{encoder['params']:,} parameters, its run in {encoder['run_dir']}.",
         f"Machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {seconds / 60:.1f} min for all runs. Paper: 100% on T, 75-93% on TC "
