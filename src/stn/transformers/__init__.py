@@ -2,6 +2,7 @@
 
 from stn.transformers.grids import (
     TRANSFORMS,
+    Affine3DTransform,
     AffineTransform,
     AttentionTransform,
     ProjectiveTransform,
@@ -15,6 +16,7 @@ from stn.transformers.sampler import sample, warp
 
 __all__ = [
     "TRANSFORMS",
+    "Affine3DTransform",
     "AffineTransform",
     "AttentionTransform",
     "ConvLocNet",
