@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import torch
+from hydra import compose, initialize_config_dir
 
+from stn.data import load_splits
 from stn.data.volume3d import extrude, place, rotation, sample_placements
 from stn.models import count_parameters
+from stn.models.params import CONFIG_DIR
 from stn.models.volume3d import volume3d_net
+from stn.train import train
 from stn.transformers import Affine3DTransform, SpatialTransformer, warp
 
 REFERENCE = {"classifier": "cnn", "width": 64, "pool": 2}
@@ -76,3 +80,41 @@ def test_the_volume_classifiers_run_match_in_parameters_and_start_at_the_identit
         assert all(p.grad is not None for p in model.parameters())
     with torch.no_grad():
         torch.testing.assert_close(spatial.transformer(x), x, atol=1e-5, rtol=0)
+
+
+def test_the_3d_splits_render_fixed_evaluation_volumes_and_fresh_training_ones(data_store, mnist_raw_root, tmp_path):
+    """Through the trainer's hooks: the digits' fixed evaluation volumes, fresh training ones, and a tiny real run."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="test"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "data=mnist_3d",
+                "model=vol_st_cnn",
+                "budget=smoke",
+                "budget.iterations=2",
+                "budget.batch_size=4",
+                "budget.eval_every=2",
+                "budget.eval_batch_size=8",
+                "budget.train_subset=16",
+                "budget.val_subset=8",
+                "budget.test_subset=8",
+                f"paths.data_dir={data_store}",
+                f"paths.mnist_source={mnist_raw_root}",
+                f"paths.runs_dir={tmp_path}",
+            ],
+        )
+    splits = load_splits(cfg.data)
+    test_x, test_y = splits.split("test")
+    assert test_x.shape == (10000, 1, 28, 28) and len(test_y) == 10000
+    volumes = splits.eval_transform(test_x[:4])
+    assert volumes.shape == (4, 1, 60, 60, 60) and volumes.dtype == torch.uint8
+    assert torch.equal(volumes, splits.eval_transform(test_x[:4]))  # a fixed test set
+    assert torch.equal(volumes[1:2], splits.eval_transform(test_x[1:2]))  # each volume depends on its digit only
+    # the same ink, turned and moved: nearly the extruded digit's total (trilinear resampling smooths a little)
+    ink = volumes.float().sum((1, 2, 3, 4)) / (test_x[:4].float().sum((1, 2, 3)) * 16)
+    assert ((ink > 0.9) & (ink < 1.1)).all(), ink
+    generator = torch.Generator().manual_seed(0)
+    fresh = splits.train_transform(test_x[:4], generator)
+    assert not torch.equal(fresh, splits.train_transform(test_x[:4], generator))
+    result = train(cfg)
+    assert result["status"] == "finished" and result["data_meta"]["test_placements_sha256"]
