@@ -68,18 +68,19 @@ def test_the_3d_affine_transformer_starts_at_the_identity():
 
 
 def test_the_volume_classifiers_run_match_in_parameters_and_start_at_the_identity():
-    plain = volume3d_net([1, 60, 60, 60], 10, "cnn", 2, True, "mean", REFERENCE)
-    spatial = volume3d_net([1, 60, 60, 60], 10, "cnn", 2, True, "mean", REFERENCE, loc_net=LOC_NET)
+    plain = volume3d_net([60, 60, 60], 10, "cnn", 2, True, "mean", REFERENCE)
+    spatial = volume3d_net([60, 60, 60], 10, "cnn", 2, True, "mean", REFERENCE, loc_net=LOC_NET)
     assert plain.transformer is None and spatial.width < plain.width
     assert abs(count_parameters(spatial) - count_parameters(plain)) / count_parameters(plain) < 0.02
-    x = torch.rand(2, 1, 60, 60, 60, requires_grad=True)
+    x = torch.rand(2, 60, 60, 60, requires_grad=True)
     for model in (plain, spatial):
         logits = model(x)
         assert logits.shape == (2, 10)
         logits.logsumexp(1).sum().backward()
         assert all(p.grad is not None for p in model.parameters())
     with torch.no_grad():
-        torch.testing.assert_close(spatial.transformer(x), x, atol=1e-5, rtol=0)
+        volume = x[:, None]
+        torch.testing.assert_close(spatial.transformer(volume), volume, atol=1e-5, rtol=0)
 
 
 def test_the_3d_splits_render_fixed_evaluation_volumes_and_fresh_training_ones(data_store, mnist_raw_root, tmp_path):
@@ -107,11 +108,11 @@ def test_the_3d_splits_render_fixed_evaluation_volumes_and_fresh_training_ones(d
     test_x, test_y = splits.split("test")
     assert test_x.shape == (10000, 1, 28, 28) and len(test_y) == 10000
     volumes = splits.eval_transform(test_x[:4])
-    assert volumes.shape == (4, 1, 60, 60, 60) and volumes.dtype == torch.uint8
+    assert volumes.shape == (4, 60, 60, 60) and volumes.dtype == torch.uint8
     assert torch.equal(volumes, splits.eval_transform(test_x[:4]))  # a fixed test set
     assert torch.equal(volumes[1:2], splits.eval_transform(test_x[1:2]))  # each volume depends on its digit only
     # the same ink, turned and moved: nearly the extruded digit's total (trilinear resampling smooths a little)
-    ink = volumes.float().sum((1, 2, 3, 4)) / (test_x[:4].float().sum((1, 2, 3)) * 16)
+    ink = volumes.float().sum((1, 2, 3)) / (test_x[:4].float().sum((1, 2, 3)) * 16)
     assert ((ink > 0.9) & (ink < 1.1)).all(), ink
     generator = torch.Generator().manual_seed(0)
     fresh = splits.train_transform(test_x[:4], generator)

@@ -94,8 +94,8 @@ class VolumeConfig:
     def from_cfg(cls, data_cfg: DictConfig | Mapping) -> VolumeConfig:
         values = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else data_cfg
         shape = [int(v) for v in values["input_shape"]]
-        if len(shape) != 4 or shape[0] != 1 or len(set(shape[1:])) != 1:
-            raise ValueError(f"the 3D data needs input_shape [1, S, S, S], got {shape}")
+        if len(shape) != 3 or len(set(shape)) != 1:
+            raise ValueError(f"the 3D data needs input_shape [S, S, S] (depth, height, width), got {shape}")
         source = values.get("mnist_source")
         return cls(
             root=Path(values["root"]),
@@ -103,7 +103,7 @@ class VolumeConfig:
             seed=int(values["seed"]),
             val_size=int(values["val_size"]),
             val_split=str(values.get("val_split", "last")),
-            side=shape[1],
+            side=shape[0],
             thickness=int(values["thickness"]),
             max_angle_deg=float(values["max_angle_deg"]),
             max_offset_vox=float(values["max_offset_vox"]),
@@ -119,7 +119,8 @@ def example_seeds(digits: Tensor, seed: int) -> Tensor:
 
 @dataclass
 class VolumeSplits(LabelledSplits):
-    """MNIST digits [N, 1, 28, 28] (uint8) and labels; the hooks render each batch as volumes [B, 1, S, S, S]."""
+    """MNIST digits [N, 1, 28, 28] (uint8) and labels; the hooks render each batch as volumes [B, S, S, S] (depth
+    along the channel axis: the trainer's batches are 4-D images, so its layout choices apply unchanged)."""
 
     cfg: VolumeConfig
     meta: dict
@@ -127,7 +128,8 @@ class VolumeSplits(LabelledSplits):
 
     def volumes(self, digits: Tensor, angles: Tensor, offsets: Tensor) -> Tensor:
         extruded = extrude(digits[:, 0], self.cfg.side, self.cfg.thickness)
-        return place(extruded, angles.to(digits.device), offsets.to(digits.device)).round().clamp(0, 255).byte()
+        placed = place(extruded, angles.to(digits.device), offsets.to(digits.device))
+        return placed[:, 0].round().clamp(0, 255).byte()
 
     def train_transform(self, digits: Tensor, generator: torch.Generator) -> Tensor:
         """Fresh random placements every batch."""

@@ -15,7 +15,8 @@ PROJECTIONS = ("mean", "max")
 
 
 class Volume3DNet(nn.Module):
-    """[transformer] -> flatten depth (`projection`) -> `pool` (average) -> classifier; forward returns logits."""
+    """[transformer] -> flatten depth (`projection`) -> `pool` (average) -> classifier; forward takes volumes
+    [B, D, H, W] and returns logits."""
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class Volume3DNet(nn.Module):
         return volume.mean(2) if self.projection == "mean" else volume.amax(2)
 
     def forward(self, x: Tensor) -> Tensor:
+        x = x.unsqueeze(1)  # [B, D, H, W] (the data's layout: depth as channels) -> one-channel volumes
         if self.transformer is not None:
             x = self.transformer(x)
         return self.classifier(self.st_pool(self.project(x)))
@@ -66,16 +68,16 @@ def volume3d_net(
     loc_net: Mapping | None = None,
     width: int | None = None,
 ) -> Volume3DNet:
-    """The classifier of volumes [C, D, H, W]; with `loc_net` = {downsample, hidden} a 3D affine transformer first.
-    param_reference = {classifier, width, pool} on the projected [C, H, W] input: the count every model matches."""
+    """The classifier of volumes [D, H, W]; with `loc_net` = {downsample, hidden} a 3D affine transformer first.
+    param_reference = {classifier, width, pool} on the projected [1, H, W] input: the count every model matches."""
     input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) != 4 or len(set(input_shape[1:])) != 1:
-        raise ValueError(f"input_shape must be a cubic volume [C, S, S, S], got {list(input_shape)}")
-    projected = input_shape[:1] + input_shape[2:]
+    if len(input_shape) != 3 or len(set(input_shape)) != 1:
+        raise ValueError(f"input_shape must be a cubic volume [S, S, S], got {list(input_shape)}")
+    projected = (1, *input_shape[1:])
     target = reference_parameters(projected, num_classes, ceil_mode, param_reference)
     transformer = None
     if loc_net is not None:
-        body = volume_loc_net(input_shape, int(loc_net["downsample"]), list(loc_net["hidden"]))
+        body = volume_loc_net((1, *input_shape), int(loc_net["downsample"]), list(loc_net["hidden"]))
         transformer = SpatialTransformer(body, Affine3DTransform())
     loc_params = 0 if transformer is None else count_parameters(transformer)
     if loc_params >= target:
