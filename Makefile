@@ -327,7 +327,7 @@ reproduce-colocalisation: $(STAMP)
 # 3D affine transformer -> results/transformer3d.{md,csv} (no paper numbers). RECIPE=paper (default on a GPU):
 # Table 1's schedule, 3 seeds; RECIPE=cpu (default otherwise): 1000 iterations of batch 32 with the fast optimiser,
 # seed 0, 2000 test volumes (the volumes are rendered per batch: ~3 s per iteration on one CPU core).
-.PHONY: reproduce-3d transformer3d
+.PHONY: reproduce-3d transformer3d figures-3d
 T3D_ARGS_paper := $(RECIPE_ARGS_paper)
 T3D_ARGS_cpu := optim=fast budget=fast budget.name=cpu3d budget.iterations=1000 budget.batch_size=32 \
   budget.eval_every=250 budget.eval_batch_size=100 budget.val_subset=1000 budget.test_subset=2000 seed=0
@@ -336,7 +336,10 @@ T3D_FOLDER_cpu := fast-cpu3d
 reproduce-3d: $(STAMP)
 	@test -n "$(T3D_FOLDER_$(RECIPE))" || { echo "3D transformer recipes: RECIPE=paper or cpu, got RECIPE=$(RECIPE)"; exit 2; }
 	$(PY) -m stn.train --multirun experiment=transformer3d $(T3D_ARGS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
-	$(MAKE) transformer3d RUNS=$(RUNS) RECIPE=$(RECIPE)
+	$(MAKE) transformer3d figures-3d RUNS=$(RUNS) RECIPE=$(RECIPE)
 
 transformer3d: $(STAMP)
 	$(PY) -m stn.results transformer3d --runs $(RUNS)/transformer3d --recipe $(T3D_FOLDER_$(RECIPE)) --out $(RESULTS)
+
+figures-3d: $(STAMP)
+	$(PY) -m stn.figures transformer3d --runs $(RUNS)/transformer3d/$(T3D_FOLDER_$(RECIPE)) --out results/figures/transformer3d_projections.png

@@ -15,7 +15,7 @@ from stn.data.addition import AdditionConfig, draw_pairs
 from stn.data.distortions import render
 from stn.data.mnist import load_mnist
 from stn.data.store import read_matching
-from stn.figures import addition_figure
+from stn.figures import runs_figure, transformation_samples
 from stn.models import count_parameters
 from stn.models.mnist import reference_parameters
 from stn.models.params import CONFIG_DIR
@@ -162,5 +162,5 @@ def test_the_fcn_learns_to_add_real_digits_through_the_trainer(data_overrides, t
     assert result["status"] == "finished" and result["data_meta"]["redraw_train"]
     # measured: 87.2% on 2000 test pairs (val 88.9%); its standard error on the 10k test pairs is 0.3 pp
     assert result["test_error"] < 88.5, result["test_error"]
-    figure = addition_figure(tmp_path / "addition", 2, ["fcn"])  # a model without transformers: the inputs only
+    figure = runs_figure(tmp_path / "addition", 2, ["fcn"], transformation_samples)  # no transformer: inputs only
     assert len(figure.axes) == 2

@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from stn.data import load_splits
 from stn.data.volume3d import extrude, place, rotation, sample_placements
+from stn.figures import runs_figure, volume_samples
 from stn.models import count_parameters
 from stn.models.params import CONFIG_DIR
 from stn.models.volume3d import volume3d_net
@@ -119,3 +120,5 @@ def test_the_3d_splits_render_fixed_evaluation_volumes_and_fresh_training_ones(d
     assert not torch.equal(fresh, splits.train_transform(test_x[:4], generator))
     result = train(cfg)
     assert result["status"] == "finished" and result["data_meta"]["test_placements_sha256"]
+    figure = runs_figure(tmp_path, 2, ["vol_st_cnn"], volume_samples)  # input, grid, output: per volume
+    assert len(figure.axes) == 2 * 3

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -336,8 +336,11 @@ def table1_figure(runs_dir: Path, columns: Sequence[str], digits: int, models: M
     return draw_transformations(groups)
 
 
-def addition_figure(runs_dir: Path, images: int, models: Sequence[str] = ADDITION_FIGURE_MODELS) -> Figure:
-    """The first `images` test pairs through each model's trained transformers (a finished run, its lowest seed)."""
+def runs_figure(
+    runs_dir: Path, images: int, models: Sequence[str], samples: Callable[..., TransformationSamples]
+) -> Figure:
+    """The first `images` test inputs through each model's trained transformers (a finished run, its lowest seed),
+    drawn by `samples` (transformation_samples, or volume_samples for the 3D experiment)."""
     results = load_local_results(runs_dir)
     groups = []
     for name in models:
@@ -348,11 +351,45 @@ def addition_figure(runs_dir: Path, images: int, models: Sequence[str] = ADDITIO
         result = min(runs, key=lambda r: r["seed"])
         model = load_model(Path(result["path"]).parent)
         splits = load_splits(result["config"]["data"])
-        samples = transformation_samples(model, splits.test_x[:images], splits.test_y[:images])
-        groups.append((f"{display_name(name)} (seed {result['seed']})", samples))
+        test_x, test_y = splits.split("test")
+        inputs = getattr(splits, "eval_transform", lambda x: x)(test_x[:images])
+        groups.append((f"{display_name(name)} (seed {result['seed']})", samples(model, inputs, test_y[:images])))
     if not groups:
         raise FileNotFoundError(f"no finished runs of {list(models)} under {runs_dir}")
     return draw_transformations(groups)
+
+
+def _projection(volumes: Tensor) -> np.ndarray:
+    """Volumes [K, D, H, W] -> their mean along depth, each scaled to its own maximum (a picture)."""
+    mean = volumes.float().mean(1, keepdim=True)
+    return _pictures(mean / mean.amax((1, 2, 3), keepdim=True).clamp(min=1e-6))
+
+
+@torch.no_grad()
+def volume_samples(model: nn.Module, volumes: Tensor, labels: Tensor) -> TransformationSamples:
+    """The 3D experiment's pictures: each input volume [K, D, H, W] (uint8) and each transformer's output, flattened
+    along depth; the grid drawn is the in-plane (x, y) part of the sampling grid of the middle depth slice."""
+    inputs = volumes.float().to(next(model.parameters()).device) / 255
+    output, calls = transformer_calls(model, inputs)
+    grids = outputs = None
+    if calls:
+        depth, height, width = volumes.shape[1:]
+        grid = torch.stack(
+            [
+                call.module.transform.grid(call.theta, (depth, GRID_POINTS, GRID_POINTS))[:, depth // 2]
+                for call in calls
+            ],
+            1,
+        )
+        grids = torch.stack([to_pixels(grid[..., 0], width), to_pixels(grid[..., 1], height)], -1).cpu().numpy()
+        outputs = np.stack([_projection(call.output[:, 0]) for call in calls], 1)
+    return TransformationSamples(
+        inputs=_projection(inputs),
+        labels=labels.cpu().numpy(),
+        predictions=output.argmax(-1).cpu().numpy(),
+        grids=grids,
+        outputs=outputs,
+    )
 
 
 def table2_groups(
@@ -453,12 +490,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     addition.add_argument("--runs", type=Path, default=Path("runs/addition"), help="an addition recipe's runs folder")
     addition.add_argument("--out", type=Path, default=Path("results/figures/addition_transformers.png"))
     addition.add_argument("--images", type=int, default=4, help="test pairs per model")
+    volumes = commands.add_parser("transformer3d", help="what the trained 3D transformers do, as depth projections")
+    volumes.add_argument("--runs", type=Path, default=Path("runs/transformer3d"), help="a 3D recipe's runs folder")
+    volumes.add_argument("--out", type=Path, default=Path("results/figures/transformer3d_projections.png"))
+    volumes.add_argument("--images", type=int, default=6, help="test volumes per model")
     args = parser.parse_args(argv)
+    if args.command == "transformer3d":
+        if not load_local_results(args.runs):
+            print(f"no runs yet in {args.runs}: make them with `make reproduce-3d`; no figure drawn")
+            return
+        write_atomic(args.out, figure_png(runs_figure(args.runs, args.images, ["vol_st_cnn"], volume_samples)))
+        print(f"wrote {args.out}")
+        return
     if args.command == "addition":
         if not load_local_results(args.runs):
             print(f"no runs yet in {args.runs}: make them with `make reproduce-addition`; no figure drawn")
             return
-        write_atomic(args.out, figure_png(addition_figure(args.runs, args.images)))
+        figure = runs_figure(args.runs, args.images, ADDITION_FIGURE_MODELS, transformation_samples)
+        write_atomic(args.out, figure_png(figure))
         print(f"wrote {args.out}")
         return
     if args.command == "table2":
