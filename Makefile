@@ -297,7 +297,8 @@ figures-table3: $(STAMP)
 # ---- MNIST addition (Appendix A.1; README "MNIST addition"): FCN, CNN, ST-FCN and 2xST-FCN (Aff / Proj / TPS) on
 # two independently RTS-distorted digits, label = their sum -> results/addition.{md,csv} and
 # results/figures/addition_transformers.png. RECIPE=paper (default on a GPU): Table 1's schedule, 3 seeds (24 runs);
-# RECIPE=cpu (default otherwise): the fast recipe, seed 0 (8 runs); RECIPE=fast: the fast recipe, 3 seeds.
+# RECIPE=cpu (default otherwise): the fast recipe, seed 0 (8 runs; estimated 5-6 h on 2 CPU cores from pilots);
+# RECIPE=fast: the fast recipe, 3 seeds.
 .PHONY: reproduce-addition addition figures-addition
 ADD_ARGS_paper := $(RECIPE_ARGS_paper)
 ADD_ARGS_fast := $(RECIPE_ARGS_fast)
@@ -317,7 +318,8 @@ figures-addition: $(STAMP)
 # ---- Co-localisation (Appendix A.2; README "Co-localisation"): the encoder (the Table 1 CNN on plain MNIST, trained
 # once by stn.train and cached under $(RUNS)/colocalisation_encoder), then one optimisation per digit class on T and
 # TC -> results/colocalisation.{md,csv} and results/figures/colocalisation_windows.png. COLOC_ARGS: key=value
-# overrides of configs/colocalisation.yaml (e.g. optim.steps=300 classes=[1,7]).
+# overrides of configs/colocalisation.yaml (e.g. optim.steps=300 classes=[1,7]). CPU, estimated from pilots: the
+# encoder ~25 min (once), each of the 20 runs ~4 min (1000 steps) on one core.
 .PHONY: reproduce-colocalisation
 COLOC_ARGS ?=
 reproduce-colocalisation: $(STAMP)
