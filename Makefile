@@ -293,3 +293,55 @@ table3: $(STAMP)
 
 figures-table3: $(STAMP)
 	$(PY) -m stn.figures table3 --runs $(RUNS)/table3/sgd_table3-$(BUDGET) --out results/figures/table3_crops.png
+
+# ---- MNIST addition (Appendix A.1; README "MNIST addition"): FCN, CNN, ST-FCN and 2xST-FCN (Aff / Proj / TPS) on
+# two independently RTS-distorted digits, label = their sum -> results/addition.{md,csv} and
+# results/figures/addition_transformers.png. RECIPE=paper (default on a GPU): Table 1's schedule, 3 seeds (24 runs);
+# RECIPE=cpu (default otherwise): the fast recipe, seed 0 (8 runs; estimated 5-6 h on 2 CPU cores from pilots);
+# RECIPE=fast: the fast recipe, 3 seeds.
+.PHONY: reproduce-addition addition figures-addition
+ADD_ARGS_paper := $(RECIPE_ARGS_paper)
+ADD_ARGS_fast := $(RECIPE_ARGS_fast)
+ADD_ARGS_cpu := $(RECIPE_ARGS_fast) seed=0
+reproduce-addition: $(STAMP)
+	@test -n "$(ADD_ARGS_$(RECIPE))" || { echo "MNIST addition recipes: RECIPE=paper, fast or cpu, got RECIPE=$(RECIPE)"; exit 2; }
+	@echo "MNIST addition sweep: recipe $(RECIPE) ($(ADD_ARGS_$(RECIPE))), launcher $(LAUNCHER), runs in $(RUNS)/addition"
+	$(PY) -m stn.train --multirun experiment=addition $(ADD_ARGS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
+	$(MAKE) addition figures-addition RUNS=$(RUNS) RECIPE=$(RECIPE)
+
+addition: $(STAMP)
+	$(PY) -m stn.results addition --runs $(RUNS)/addition --recipe $(RECIPE_FOLDER_$(RECIPE)) --out $(RESULTS)
+
+figures-addition: $(STAMP)
+	$(PY) -m stn.figures addition --runs $(RUNS)/addition/$(RECIPE_FOLDER_$(RECIPE)) --out results/figures/addition_transformers.png
+
+# ---- Co-localisation (Appendix A.2; README "Co-localisation"): the encoder (the Table 1 CNN on plain MNIST, trained
+# once by stn.train and cached under $(RUNS)/colocalisation_encoder), then one optimisation per digit class on T and
+# TC -> results/colocalisation.{md,csv} and results/figures/colocalisation_windows.png. COLOC_ARGS: key=value
+# overrides of configs/colocalisation.yaml (e.g. optim.steps=300 classes=[1,7]). CPU, estimated from pilots: the
+# encoder ~25 min (once), each of the 20 runs ~4 min (1000 steps) on one core.
+.PHONY: reproduce-colocalisation
+COLOC_ARGS ?=
+reproduce-colocalisation: $(STAMP)
+	$(PY) -m stn.colocalisation runs_dir=$(RUNS) out=$(RESULTS) $(COLOC_ARGS)
+
+# ---- The 3D transformer (Appendix A.3; README "3D transformer"): the classifier of 60^3 volumes with and without a
+# 3D affine transformer -> results/transformer3d.{md,csv} (no paper numbers). RECIPE=paper (default on a GPU):
+# Table 1's schedule, 3 seeds; RECIPE=cpu (default otherwise): 1000 iterations of batch 32 with the fast optimiser,
+# seed 0, 2000 test volumes (the volumes are rendered per batch: ~3 s per iteration on one CPU core).
+.PHONY: reproduce-3d transformer3d figures-3d
+T3D_ARGS_paper := $(RECIPE_ARGS_paper)
+T3D_ARGS_cpu := optim=fast budget=fast budget.name=cpu3d budget.iterations=1000 budget.batch_size=32 \
+  budget.eval_every=250 budget.eval_batch_size=100 budget.val_subset=1000 budget.test_subset=2000 seed=0
+T3D_FOLDER_paper := sgd_table1-paper
+T3D_FOLDER_cpu := fast-cpu3d
+reproduce-3d: $(STAMP)
+	@test -n "$(T3D_FOLDER_$(RECIPE))" || { echo "3D transformer recipes: RECIPE=paper or cpu, got RECIPE=$(RECIPE)"; exit 2; }
+	$(PY) -m stn.train --multirun experiment=transformer3d $(T3D_ARGS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
+	$(MAKE) transformer3d figures-3d RUNS=$(RUNS) RECIPE=$(RECIPE)
+
+transformer3d: $(STAMP)
+	$(PY) -m stn.results transformer3d --runs $(RUNS)/transformer3d --recipe $(T3D_FOLDER_$(RECIPE)) --out $(RESULTS)
+
+figures-3d: $(STAMP)
+	$(PY) -m stn.figures transformer3d --runs $(RUNS)/transformer3d/$(T3D_FOLDER_$(RECIPE)) --out results/figures/transformer3d_projections.png

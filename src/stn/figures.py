@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,9 @@ TABLE1_FIGURE_MODELS = {"R": "st_cnn_aff", "RTS": "st_cnn_tps", "P": "st_cnn_pro
 # The right of the paper's Table 2: what ST-CNN Single and Multi do to SVHN inputs, per column.
 TABLE2_FIGURE_MODELS = ("st_cnn_single", "st_cnn_multi")
 TABLE2_COLUMNS = ("64px", "128px")
+# MNIST addition: what each of the two transformers of the 2xST-FCNs does to test pairs (drawn red = first digit's
+# channel, green = second's), and the single ST-FCN Aff for comparison.
+ADDITION_FIGURE_MODELS = ("st_fcn_aff", "2st_fcn_aff", "2st_fcn_proj", "2st_fcn_tps")
 
 
 @dataclass(frozen=True)
@@ -113,15 +116,19 @@ def to_pixels(coords: Tensor, size: int) -> Tensor:
 
 
 def images_to_inputs(images: Tensor) -> Tensor:
-    """uint8 images [K, C, S, S] (C = 1 grey, 3 RGB) -> the float model input in [0, 1] the trainer feeds."""
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected uint8 images [K, 1 or 3, S, S], got {images.dtype} {tuple(images.shape)}")
+    """uint8 images [K, C, S, S] (C = 1 grey, 2 MNIST addition's digit pair, 3 RGB) -> the float model input in
+    [0, 1] the trainer feeds."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 2, 3):
+        raise ValueError(f"expected uint8 images [K, 1, 2 or 3, S, S], got {images.dtype} {tuple(images.shape)}")
     return images.float() / 255
 
 
 def _pictures(images: Tensor) -> np.ndarray:
-    """Float images [K, C, H, W] -> what imshow draws: [K, H, W] (grey) or [K, H, W, 3] (RGB), clamped to [0, 1]."""
+    """Float images [K, C, H, W] -> what imshow draws: [K, H, W] (grey) or [K, H, W, 3] (RGB), clamped to [0, 1].
+    Two channels (MNIST addition's two digits) are drawn as one picture: the first in red, the second in green."""
     images = images.float().clamp(0, 1).cpu()
+    if images.shape[1] == 2:
+        images = torch.cat([images, torch.zeros_like(images[:, :1])], 1)
     return (images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1)).numpy()
 
 
@@ -329,6 +336,62 @@ def table1_figure(runs_dir: Path, columns: Sequence[str], digits: int, models: M
     return draw_transformations(groups)
 
 
+def runs_figure(
+    runs_dir: Path, images: int, models: Sequence[str], samples: Callable[..., TransformationSamples]
+) -> Figure:
+    """The first `images` test inputs through each model's trained transformers (a finished run, its lowest seed),
+    drawn by `samples` (transformation_samples, or volume_samples for the 3D experiment)."""
+    results = load_local_results(runs_dir)
+    groups = []
+    for name in models:
+        runs = [r for r in results if r.get("model") == name and r.get("status") == "finished"]
+        if not runs:
+            print(f"no finished {name} run under {runs_dir}: left out")
+            continue
+        result = min(runs, key=lambda r: r["seed"])
+        model = load_model(Path(result["path"]).parent)
+        splits = load_splits(result["config"]["data"])
+        test_x, test_y = splits.split("test")
+        inputs = getattr(splits, "eval_transform", lambda x: x)(test_x[:images])
+        groups.append((f"{display_name(name)} (seed {result['seed']})", samples(model, inputs, test_y[:images])))
+    if not groups:
+        raise FileNotFoundError(f"no finished runs of {list(models)} under {runs_dir}")
+    return draw_transformations(groups)
+
+
+def _projection(volumes: Tensor) -> np.ndarray:
+    """Volumes [K, D, H, W] -> their mean along depth, each scaled to its own maximum (a picture)."""
+    mean = volumes.float().mean(1, keepdim=True)
+    return _pictures(mean / mean.amax((1, 2, 3), keepdim=True).clamp(min=1e-6))
+
+
+@torch.no_grad()
+def volume_samples(model: nn.Module, volumes: Tensor, labels: Tensor) -> TransformationSamples:
+    """The 3D experiment's pictures: each input volume [K, D, H, W] (uint8) and each transformer's output, flattened
+    along depth; the grid drawn is the in-plane (x, y) part of the sampling grid of the middle depth slice."""
+    inputs = volumes.float().to(next(model.parameters()).device) / 255
+    output, calls = transformer_calls(model, inputs)
+    grids = outputs = None
+    if calls:
+        depth, height, width = volumes.shape[1:]
+        grid = torch.stack(
+            [
+                call.module.transform.grid(call.theta, (depth, GRID_POINTS, GRID_POINTS))[:, depth // 2]
+                for call in calls
+            ],
+            1,
+        )
+        grids = torch.stack([to_pixels(grid[..., 0], width), to_pixels(grid[..., 1], height)], -1).cpu().numpy()
+        outputs = np.stack([_projection(call.output[:, 0]) for call in calls], 1)
+    return TransformationSamples(
+        inputs=_projection(inputs),
+        labels=labels.cpu().numpy(),
+        predictions=output.argmax(-1).cpu().numpy(),
+        grids=grids,
+        outputs=outputs,
+    )
+
+
 def table2_groups(
     runs_dir: Path, columns: Sequence[str], models: Sequence[str], count: int
 ) -> list[tuple[str, TransformationSamples]]:
@@ -423,7 +486,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     table3.add_argument("--runs", type=Path, default=Path("runs/table3"), help="the Table 3 sweep's runs folder")
     table3.add_argument("--out", type=Path, default=Path("results/figures/table3_crops.png"))
     table3.add_argument("--images", type=int, default=6, help="test birds per model")
+    addition = commands.add_parser("addition", help="what the trained MNIST addition transformers do to test pairs")
+    addition.add_argument("--runs", type=Path, default=Path("runs/addition"), help="an addition recipe's runs folder")
+    addition.add_argument("--out", type=Path, default=Path("results/figures/addition_transformers.png"))
+    addition.add_argument("--images", type=int, default=4, help="test pairs per model")
+    volumes = commands.add_parser("transformer3d", help="what the trained 3D transformers do, as depth projections")
+    volumes.add_argument("--runs", type=Path, default=Path("runs/transformer3d"), help="a 3D recipe's runs folder")
+    volumes.add_argument("--out", type=Path, default=Path("results/figures/transformer3d_projections.png"))
+    volumes.add_argument("--images", type=int, default=6, help="test volumes per model")
     args = parser.parse_args(argv)
+    if args.command == "transformer3d":
+        if not load_local_results(args.runs):
+            print(f"no runs yet in {args.runs}: make them with `make reproduce-3d`; no figure drawn")
+            return
+        write_atomic(args.out, figure_png(runs_figure(args.runs, args.images, ["vol_st_cnn"], volume_samples)))
+        print(f"wrote {args.out}")
+        return
+    if args.command == "addition":
+        if not load_local_results(args.runs):
+            print(f"no runs yet in {args.runs}: make them with `make reproduce-addition`; no figure drawn")
+            return
+        figure = runs_figure(args.runs, args.images, ADDITION_FIGURE_MODELS, transformation_samples)
+        write_atomic(args.out, figure_png(figure))
+        print(f"wrote {args.out}")
+        return
     if args.command == "table2":
         return _table2_main(args)
     if args.command == "table3":

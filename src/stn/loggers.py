@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from stn.figures import draw_transformations, figure_to_array, transformation_samples, transformer_calls
 from stn.transformers import SpatialTransformer
 
+PICTURE_CHANNELS = (1, 2, 3)  # grey, MNIST addition's digit pair, RGB: what stn.figures draws
 PANEL_ROWS = 4  # W&B panels wrap the images into blocks of 4 rows: a wide picture fits W&B's panel shape
 
 
@@ -75,6 +76,8 @@ class WandbLogger:
         self.run.log(dict(metrics), step=step)
 
     def log_panels(self, model: nn.Module, images: Tensor, labels: Tensor, step: int) -> None:
+        if images.shape[1] not in PICTURE_CHANNELS:  # the 3D experiment's volumes: no picture (theta is logged)
+            return
         figure = draw_transformations([("", transformation_samples(model, images, labels))], max_rows=PANEL_ROWS)
         self.run.log({"panels/transformations": self._wandb.Image(figure_to_array(figure))}, step=step)
 

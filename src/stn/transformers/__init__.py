@@ -2,6 +2,7 @@
 
 from stn.transformers.grids import (
     TRANSFORMS,
+    Affine3DTransform,
     AffineTransform,
     AttentionTransform,
     ProjectiveTransform,
@@ -9,18 +10,20 @@ from stn.transformers.grids import (
     Transform,
     make_transform,
 )
-from stn.transformers.locnets import ConvLocNet, FCLocNet
+from stn.transformers.locnets import ConvLocNet, FCLocNet, StridedConvLocNet
 from stn.transformers.module import SpatialTransformer
 from stn.transformers.sampler import sample, warp
 
 __all__ = [
     "TRANSFORMS",
+    "Affine3DTransform",
     "AffineTransform",
     "AttentionTransform",
     "ConvLocNet",
     "FCLocNet",
     "ProjectiveTransform",
     "SpatialTransformer",
+    "StridedConvLocNet",
     "TPSTransform",
     "Transform",
     "make_transform",

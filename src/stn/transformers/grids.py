@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stn.runtime import ALIGN_CORNERS, GRID_DTYPE
@@ -126,6 +127,34 @@ class AttentionTransform(AffineTransform):
 
     def extra_repr(self) -> str:
         return f"fixed_scale={self.fixed_scale}"
+
+
+class Affine3DTransform(Transform):
+    """3D affine (Appendix A.3): 12 params, the row-major 3x4 matrix of F.affine_grid's 5-D theta, mapping each
+    target voxel's normalised (x, y, z) to its source; grids are [B, D, H, W, 3] for volumes [B, C, D, H, W]."""
+
+    n_params = 12
+
+    def identity(self) -> Tensor:
+        return torch.eye(3, 4, dtype=GRID_DTYPE).flatten()
+
+    def matrix(self, theta: Tensor) -> Tensor:
+        """The [B, 3, 4] affine matrices of theta."""
+        return theta.view(-1, 3, 4)
+
+    def grid(self, theta: Tensor, out_size: tuple[int, int, int]) -> Tensor:
+        """Normalised source (x, y, z) of each target voxel, [B, D, H, W, 3], float32 (float64 if theta is)."""
+        if theta.dim() != 2 or theta.shape[1] != self.n_params:
+            raise ValueError(f"Affine3DTransform expects theta of shape [batch, 12], got {tuple(theta.shape)}")
+        size = tuple(int(s) for s in out_size)
+        if len(size) != 3 or min(size) < 1:
+            raise ValueError(f"out_size must be (depth, height, width) with all >= 1, got {out_size!r}")
+        with torch.autocast(device_type=theta.device.type, enabled=False):
+            matrix = self.matrix(at_least_grid_dtype(theta))
+            return F.affine_grid(matrix, [len(theta), 1, *size], align_corners=ALIGN_CORNERS)
+
+    def _source_rows(self, theta: Tensor, out_size: tuple[int, int, int]) -> Tensor:
+        return self.grid(theta, out_size).flatten(1, 3).transpose(1, 2)
 
 
 class ProjectiveTransform(Transform):

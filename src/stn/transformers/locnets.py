@@ -76,3 +76,32 @@ class ConvLocNet(nn.Sequential):
             layers += [nn.Linear(width_in, width_out), nn.ReLU(inplace=True)]
         super().__init__(*layers)
         self.out_features = widths[-1]
+
+
+class StridedConvLocNet(nn.Sequential):
+    """Co-localisation loc net (Appendix A.2): conv k x k x C with a stride -> ReLU -> maxpool 2 (stride 2) -> FC
+    layers, one ReLU each (the paper: eight 9x9 filters, stride 4, then two 8-unit FC layers)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        in_size: tuple[int, int],
+        channels: int = 8,
+        kernel: int = 9,
+        stride: int = 4,
+        fc: Sequence[int] = (8, 8),
+    ) -> None:
+        size = [((s - kernel) // stride + 1) // 2 for s in in_size]
+        if min(size) < 1 or not fc or min(fc) < 1:
+            raise ValueError(f"StridedConvLocNet: input {tuple(in_size)} too small, or fc={fc} not positive widths")
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, channels, kernel, stride=stride),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, stride=2),
+            nn.Flatten(),
+        ]
+        widths = [channels * size[0] * size[1], *fc]
+        for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(width_in, width_out), nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+        self.out_features = widths[-1]

@@ -1,0 +1,117 @@
+"""Co-localisation (Appendix A.2): the triplet loss, the IoU scorer, the windows, the data's boxes and a real check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from stn.checkpoint import load_model
+from stn.colocalisation import (
+    CONFIG,
+    Encoder,
+    attention_transformer,
+    box_iou,
+    colocalise,
+    data_configs,
+    encoder_run,
+    load_set,
+    triplet_hinge,
+    window_boxes,
+)
+from stn.transformers import AttentionTransform
+
+
+def config(tmp_path, mnist_raw_root, *overrides: str):
+    base = [f"data_dir={tmp_path / 'data'}", f"runs_dir={tmp_path / 'runs'}", f"mnist_source={mnist_raw_root}"]
+    return OmegaConf.merge(OmegaConf.load(CONFIG), OmegaConf.from_dotlist([*base, *overrides]))
+
+
+def test_triplet_hinge_on_a_hand_computed_example():
+    anchors = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    others = torch.tensor([[1.0, 0.0], [1.0, 3.0]])  # squared distances 1 and 4
+    crops = torch.tensor([[0.0, 2.0], [1.0, 2.0]])  # squared distances 4 and 1
+    # max(0, 1 - 4 + 1) = 0 and max(0, 4 - 1 + 1) = 4
+    assert triplet_hinge(anchors, others, crops, margin=1.0).tolist() == [0.0, 4.0]
+    assert triplet_hinge(anchors, anchors, crops, margin=1.0).tolist() == [0.0, 0.0]  # max(0, 0 - 4 + 1), (0 - 1 + 1)
+
+
+def test_iou_on_hand_made_boxes():
+    first = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 4.0]])
+    second = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 0.0, 3.0, 2.0], [5.0, 5.0, 6.0, 6.0], [1.0, 1.0, 3.0, 3.0]])
+    torch.testing.assert_close(box_iou(first, second), torch.tensor([1.0, 2 / 6, 0.0, 4 / 16]))
+
+
+def test_window_boxes_of_the_identity_and_of_a_28px_window():
+    # scale 1, centred: the whole 84px canvas (its sample points span the pixel centres 0..83, +- half a step)
+    attention = AttentionTransform()
+    whole = window_boxes(attention.matrix(torch.tensor([[1.0, 0.0, 0.0]])), 84, 28)[0]
+    torch.testing.assert_close(whole, torch.tensor([-1.037, -1.037, 85.037, 85.037]), atol=1e-3, rtol=0)
+    # a window whose 28 samples land on 28 consecutive pixel centres, from pixel 10: exactly the box [10, 38)
+    scale = 27 / 83
+    centre = (10 + 13.5) / 83 * 2 - 1
+    box = window_boxes(attention.matrix(torch.tensor([[scale, centre, centre]])), 84, 28)[0]
+    torch.testing.assert_close(box, torch.tensor([10.0, 10.0, 38.0, 38.0]), atol=1e-4, rtol=0)
+
+
+def test_the_paper_loc_net_and_identity_at_initialisation(tmp_path, mnist_raw_root):
+    transformer = attention_transformer(config(tmp_path, mnist_raw_root))
+    convs = [m for m in transformer.loc_net if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(8, (9, 9), (4, 4))]
+    assert [m.out_features for m in transformer.loc_net if isinstance(m, torch.nn.Linear)] == [8, 8]
+    x = torch.rand(2, 1, 84, 84)
+    out, theta = transformer(x, return_theta=True)
+    assert out.shape == (2, 1, 28, 28) and transformer.regressor.out_features == 2  # the configured fixed scale
+    torch.testing.assert_close(theta, torch.zeros(2, 2))  # centred
+    learnt = attention_transformer(config(tmp_path, mnist_raw_root, "transformer.fixed_scale=null"))
+    _, theta = learnt(x, return_theta=True)
+    torch.testing.assert_close(theta, torch.tensor([[1.0, 0.0, 0.0]] * 2))  # the paper's identity: scale 1
+
+
+@pytest.mark.parametrize("variant", ["T", "TC"])
+def test_the_stored_boxes_hold_the_rendered_digit(tmp_path, mnist_raw_root, variant):
+    cfg = config(tmp_path, mnist_raw_root, "classes=[3, 7]")
+    data = data_configs(cfg)[variant]
+    sets = load_set(data, mnist_raw_root)
+    assert load_set(data, mnist_raw_root)[3][0].equal(sets[3][0])  # stored once, read back (sha256-checked)
+    for images, boxes in sets.values():
+        assert images.shape == (100, 1, 84, 84) and boxes.shape == (100, 4)
+        assert ((boxes[:, 2:] - boxes[:, :2]) == 28).all() and (boxes >= 0).all() and (boxes <= 84).all()
+        for image, (x0, y0, x1, y1) in zip(images[:, 0], boxes.long().tolist(), strict=True):
+            inside = image[y0:y1, x0:x1].sum()
+            if variant == "T":  # every ink pixel lies in the box
+                assert inside == image.sum() and inside > 0
+            else:  # 16 clutter patches of 6x6 add ink around it
+                assert 0 < inside <= image.sum() and (image > 0).sum() > 0
+    if variant == "TC":
+        clean = load_set(data_configs(cfg)["T"], mnist_raw_root)[3][0]
+        assert (sets[3][0].int() - clean.int()).abs().sum() > 0
+
+
+def test_a_short_real_colocalisation_run_trains_the_encoder_and_lowers_the_triplet_loss(tmp_path, mnist_raw_root):
+    """End to end on real digits: a briefly trained encoder (cached by stn.train), then 100 steps on class 1 of T.
+
+    Honest about what it shows: the pipeline runs and the loss ends below the margin. In every pilot so far (300
+    steps, lr 1e-3 to 3e-2, raw or unit codes, the scale learnt or fixed) the windows moved onto blank canvas -- the
+    loss's degenerate minimum, every output the same blank -- and localised 0-8% (paper: 100%), so no localisation
+    threshold is asserted."""
+    cfg = config(
+        tmp_path,
+        mnist_raw_root,
+        "classes=[1]",
+        "optim.steps=100",
+        "figure_steps=[0,100]",
+        "encoder.overrides=[data=mnist_plain,model=cnn,optim=fast,budget=fast,budget.iterations=300,"
+        "budget.batch_size=64,budget.eval_every=300,budget.val_subset=1000,seed=0,experiment_name=enc]",
+    )
+    record, run_dir = encoder_run(cfg)
+    assert record["status"] == "finished" and record["test_error"] < 5.0  # measured: 2.5%
+    assert encoder_run(cfg)[0] == record  # trained once: the finished run is found, not retrained
+    encoder = Encoder(load_model(run_dir), cfg.encoder.layers, cfg.encoder.normalise)
+    images, boxes = load_set(data_configs(cfg)["T"], mnist_raw_root)[1]
+    inputs = images.float() / 255
+    codes = encoder(inputs[:, :, :28, :28])
+    assert codes.shape[1] == 64 * 10 * 10 + 64 * 2 * 2 + 10 and torch.allclose(codes.norm(dim=1), torch.ones(100))
+    run = colocalise(cfg, encoder, images, boxes, seed=0)
+    assert set(run.windows) == {0, 100} and run.windows[100].shape == (100, 4)
+    assert 0 <= run.localised <= 100 and run.loss < 1.0  # measured: 0.75 (blank windows); the margin alone is 1
