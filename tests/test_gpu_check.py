@@ -31,7 +31,8 @@ from stn.gpu_check import (
     train_command,
 )
 from stn.models.params import CONFIG_DIR
-from stn.train import autocast, device_precision, train, use_precision
+from stn.precision import autocast, device_precision, use_precision
+from stn.train import train
 
 COLUMNS, MODELS = ["mnist_r", "mnist_rts"], ["cnn", "st_cnn_aff"]
 

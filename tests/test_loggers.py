@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from stn.data.mnist import load_mnist
 from stn.figures import images_to_inputs
 from stn.loggers import NoLogger, build_logger, localisation_stats, theta_stats
-from stn.results import offline_wandb_runs, record_failure
+from stn.results import offline_wandb_runs
+from stn.run_folder import record_failure
 
 
 def compose_train(overrides: list[str]):

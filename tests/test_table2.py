@@ -18,11 +18,12 @@ from stn.data import svhn
 from stn.figures import draw_transformations, transformation_samples, transformer_calls
 from stn.models import count_parameters
 from stn.models.params import CONFIG_DIR
+from stn.optim import build_optimizer
+from stn.precision import to_input
 from stn.results.cli import main as results_main
 from stn.results.specs import TABLE2
 from stn.results.tables import build_table, load_paper_table, render_markdown
 from stn.tasks import SequenceClassification
-from stn.train import build_optimizer, to_input
 from stn.transformers import SpatialTransformer
 
 PAPER_COLUMNS, PAPER = load_paper_table(CONFIG_DIR.parent / TABLE2.paper_csv)

@@ -22,8 +22,9 @@ from stn.figures import main as figures_main
 from stn.models import count_parameters
 from stn.models.backbones import BackboneWeightsError, BNInception, build_backbone
 from stn.models.cub import CubNet, tile_translations
+from stn.optim import build_optimizer
 from stn.results.cli import main as results_main
-from stn.train import build_optimizer, train
+from stn.train import train
 from stn.transformers import SpatialTransformer
 
 ROWS = {  # Table 3 row -> the configs/table3/<row>.yaml choices it stands for

@@ -15,17 +15,19 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-import stn.train
+import stn.setup
 from stn.checkpoint import load_checkpoint, load_model
-from stn.data import load_splits
+from stn.data import Splits, load_splits
 from stn.data.dataset import DataConfig, Redraw
 from stn.data.mnist import load_mnist
 from stn.data.svhn import center_crop, random_crops
+from stn.evaluation import evaluate
 from stn.models import count_parameters
 from stn.models.params import CONFIG_DIR
 from stn.runtime import PORTABLE_CPU_ENV
+from stn.stream import epoch_batches
 from stn.tasks import Classification
-from stn.train import epoch_batches, evaluate, train
+from stn.train import train
 
 RESULT_KEYS = {
     "experiment",
@@ -223,7 +225,7 @@ def test_short_rts_training_learns(overrides):
 
 def test_a_damaged_checkpoint_fails_the_run_clearly_and_deleting_it_restarts_the_run(overrides):
     from stn.checkpoint import DamagedFileError
-    from stn.results import run_sweep_job
+    from stn.run_folder import run_sweep_job
 
     cfg = config(*overrides, "model=fcn")
     run_dir = Path(cfg.run_dir)
@@ -239,11 +241,11 @@ def test_a_damaged_checkpoint_fails_the_run_clearly_and_deleting_it_restarts_the
     assert result["status"] == "finished" and result["iterations"] == 20
 
 
-class AugmentedSplits:
+class AugmentedSplits(Splits):
     """Splits with per-batch hooks (as SVHN's and CUB's): stored 32x32 images, the model sees 28x28 crops."""
 
     def __init__(self, splits) -> None:
-        self.meta, self.redraw = {}, None
+        self.meta = {}
         self.images = {name: F.pad(splits.split(name)[0][:64], (2, 2, 2, 2)) for name in ("train", "val", "test")}
         self.labels = {name: splits.split(name)[1][:64] for name in ("train", "val", "test")}
         self.train_calls: list[tuple[int, torch.Generator]] = []
@@ -266,7 +268,7 @@ def test_the_trainer_augments_each_batch_with_a_device_generator_and_evaluates_t
 ):
     cfg = config(*overrides, "data=mnist_r", "model=fcn")
     fake = AugmentedSplits(load_splits(cfg.data))
-    monkeypatch.setattr(stn.train, "load_splits", lambda data_cfg: fake)
+    monkeypatch.setattr(stn.setup, "load_splits", lambda data_cfg: fake)
     result = train(cfg)  # the model is built for 28x28: the input-shape check sees the eval transform's crops
     assert result["status"] == "finished" and result["metric"] == "error" and 0 <= result["test_error"] <= 100
     assert len(fake.train_calls) == 20 and all(size == 32 for size, _ in fake.train_calls)

@@ -49,9 +49,11 @@ from stn.atomic import write_atomic
 from stn.checkpoint import load_checkpoint, read_result
 from stn.data import load_splits
 from stn.models.params import CONFIG_DIR
+from stn.optim import build_optimizer, train_step
+from stn.precision import use_precision, wants_channels_last
 from stn.runinfo import REPO_ROOT, environment, git_state
 from stn.runtime import pick_device, seed_everything
-from stn.train import build_optimizer, epoch_batches, train_step, use_precision, wants_channels_last
+from stn.stream import epoch_batches
 
 # Section -> weight: a section gets weight / (weights of the sections still to run) of the time left.
 SECTIONS = {"data": 1, "tests": 1, "runs": 3, "throughput": 5, "concurrency": 2, "projection": 0}

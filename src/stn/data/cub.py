@@ -370,7 +370,6 @@ class CubSplits(LabelledSplits):
     crop_size: int
     flip: bool
     meta: dict
-    redraw: None = None  # the trainer's hook for re-drawn data; CUB augments with train_transform instead
 
     def train_transform(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Random crop_size crops (+ per-image random flips), on the images' device."""

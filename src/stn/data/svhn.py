@@ -36,7 +36,7 @@ import stn
 from stn.atomic import write_atomic as write_text_atomic
 from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, file_digests, urls_under, verify_file
-from stn.data.splits import SPLIT_NAMES, split_tensors
+from stn.data.splits import SPLIT_NAMES, Splits, split_tensors
 from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
 
 log = logging.getLogger(__name__)
@@ -634,7 +634,7 @@ def sequence_correct(predicted: Tensor, labels: Tensor, lengths: Tensor) -> Tens
 
 
 @dataclass
-class SvhnSplits:
+class SvhnSplits(Splits):
     """uint8 images [N, 3, S, S] (CPU), int64 labels [N, 5] (null class 10) and int64 lengths [N] of each split."""
 
     train_x: Tensor
@@ -650,7 +650,6 @@ class SvhnSplits:
     num_digits: int
     crop_size: int
     meta: dict
-    redraw: None = None  # the trainer's hook for re-drawn data; SVHN augments with train_transform instead
 
     def split(self, name: str) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Images and targets (labels, lengths) of one split (stn.data.splits.Splits)."""

@@ -34,6 +34,7 @@ from pathlib import Path
 from stn.atomic import write_atomic
 from stn.results.compare import render_comparison
 from stn.results.learned import render_learned
+from stn.results.probe import compose_cfg, probe, render_probe
 from stn.results.runs import load_local_results, load_results
 from stn.results.specs import TABLES
 from stn.results.tables import MISSING, build_table, display_name, load_paper_table, not_counted_lines, write_table
@@ -93,9 +94,6 @@ def _write_or_print(text: str, out: Path | None) -> None:
 
 def probe_arms(args: argparse.Namespace) -> str:
     """Run the probe for every (data, loc net widths) arm over the seeds; the rendered table."""
-    # Imported here: the probe trains with stn.train, which imports this package (through stn.figures).
-    from stn.results.probe import compose_cfg, probe, render_probe
-
     widths = [None] if not args.hidden else [[int(w) for w in spec.split(",")] for spec in args.hidden]
     arms = {}
     for data in args.data:

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from stn.data import load_splits
 from stn.data.dataset import DataConfig, read_dataset, stored_params
 from stn.models.mnist import spatial_transformer
+from stn.optim import build_optimizer
 from stn.runtime import seed_everything
-from stn.train import build_optimizer
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 # distortion parameter -> (what it is, its unit, the function of it the probe regresses)
