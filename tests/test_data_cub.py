@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from stn.data import cub
+from stn.data import cub, transforms
 from stn.data.store import CorruptDatasetError, read_verified
 from stn.models.params import CONFIG_DIR
 
@@ -182,7 +182,9 @@ def test_configs_compose_with_hydra(tmp_path):
 
 def test_random_crop_and_flip_per_sample():
     images = torch.randint(0, 256, (24, 3, 64, 80), dtype=torch.uint8)  # non-square on purpose
-    crops, params = cub.random_crops(images, 48, torch.Generator().manual_seed(3), flip_prob=0.5, return_params=True)
+    crops, params = transforms.random_crops(
+        images, 48, torch.Generator().manual_seed(3), flip_prob=0.5, return_params=True
+    )
     assert crops.shape == (24, 3, 48, 48)
     assert params.top.max() <= 16 and params.left.max() <= 32 and params.top.min() >= 0 and params.left.min() >= 0
     assert 0 < int(params.flip.sum()) < 24  # drawn per sample
@@ -191,11 +193,13 @@ def test_random_crop_and_flip_per_sample():
         t, left = int(params.top[i]), int(params.left[i])
         window = images[i, :, t : t + 48, left : left + 48]
         assert torch.equal(crops[i], window.flip(-1) if params.flip[i] else window)  # a flipped crop = mirrored pixels
-    assert torch.equal(cub.random_crop_flip(images, 48, torch.Generator().manual_seed(3)), crops)
-    unflipped = cub.random_crop_flip(images, 48, torch.Generator().manual_seed(3), flip=False)
+    hooks = cub.CubSplits(*[None] * 6, num_classes=200, crop_size=48, flip=True, meta={})  # the splits' hooks
+    assert torch.equal(hooks.train_transform(images, torch.Generator().manual_seed(3)), crops)
+    hooks.flip = False
+    unflipped = hooks.train_transform(images, torch.Generator().manual_seed(3))
     mirrored_back = torch.where(params.flip[:, None, None, None], crops.flip(-1), crops)
     assert torch.equal(unflipped, mirrored_back)  # same positions (drawn first), no mirroring
-    assert torch.equal(cub.center_crop(images, 48), images[:, :, 8:56, 16:64])
+    assert torch.equal(transforms.center_crop(images, 48), images[:, :, 8:56, 16:64])
 
 
 def test_the_splits_transforms(built):

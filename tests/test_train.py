@@ -20,7 +20,7 @@ from stn.checkpoint import load_checkpoint, load_model
 from stn.data import Splits, load_splits
 from stn.data.dataset import DataConfig, Redraw
 from stn.data.mnist import load_mnist
-from stn.data.svhn import center_crop, random_crops
+from stn.data.transforms import center_crop, random_crops
 from stn.evaluation import evaluate
 from stn.models import count_parameters
 from stn.models.params import CONFIG_DIR

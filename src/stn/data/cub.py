@@ -22,14 +22,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
-from torch import Tensor
 
 import stn
 from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, verify_file
 from stn.data.splits import LabelledSplits, split_tensors
 from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
-from stn.data.svhn import RESAMPLE, center_crop, default_workers, map_images, random_crops
+from stn.data.transforms import RESAMPLE, CropAugmented, default_workers, map_images
 
 log = logging.getLogger(__name__)
 
@@ -353,17 +352,11 @@ def ensure_dataset(cfg: CubConfig, progress: bool = True) -> Path:
     return ensure_stored(cfg, lambda: build_dataset(cfg, progress))
 
 
-# ---------------------------------------------------------------- on-device augmentation
-
-
-def random_crop_flip(images: Tensor, size: int, generator: torch.Generator | None = None, flip: bool = True) -> Tensor:
-    """Per image a size x size crop at its own uniform random position, mirrored left-right with probability 1/2
-    (drawn per image), on the images' device ([appendix]: random 224 crop + horizontal flip)."""
-    return random_crops(images, size, generator, flip_prob=0.5 if flip else 0.0)
+# ---------------------------------------------------------------- what the trainer consumes
 
 
 @dataclass
-class CubSplits(LabelledSplits):
+class CubSplits(CropAugmented, LabelledSplits):
     """uint8 images [N, 3, S, S] (CPU; S = image_size) and int64 labels [N] (0-based) of each split."""
 
     num_classes: int
@@ -371,13 +364,10 @@ class CubSplits(LabelledSplits):
     flip: bool
     meta: dict
 
-    def train_transform(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Random crop_size crops (+ per-image random flips), on the images' device."""
-        return random_crop_flip(images, self.crop_size, generator, self.flip)
-
-    def eval_transform(self, images: Tensor) -> Tensor:
-        """The centre crop_size crop ([open] test protocol: one centre crop)."""
-        return center_crop(images, self.crop_size)
+    @property
+    def flip_prob(self) -> float:
+        """[appendix]: random crops with horizontal flips (a flip per image, with probability 1/2)."""
+        return 0.5 if self.flip else 0.0
 
 
 def prepare(data_cfg: DictConfig | Mapping, progress: bool = True) -> None:

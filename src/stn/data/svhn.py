@@ -16,13 +16,11 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -30,7 +28,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor
-from tqdm import tqdm
 
 import stn
 from stn.atomic import write_atomic as write_text_atomic
@@ -38,6 +35,7 @@ from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, file_digests, urls_under, verify_file
 from stn.data.splits import SPLIT_NAMES, Splits, split_tensors
 from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
+from stn.data.transforms import RESAMPLE, CropAugmented, default_workers, map_images
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +55,6 @@ SVHN_ARCHIVES: dict[str, tuple[int, str]] = {
 }
 OFFICIAL_COUNTS = {"train": 33402, "extra": 202353, "test": 13068}  # images per split (same source)
 BORDERS = ("clip", "pad")
-RESAMPLE = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-}
 REQUIRED_KEYS = ("name", "root", "image_size", "crop_size", "box_expand", "box_scale", "border", "val_size", "seed")
 
 
@@ -225,40 +217,6 @@ def crop_resize(
             image, x0, y0, x1, y1 = canvas, x0 + left, y0 + top, x1 + left, y1 + top
     out = image.resize((size, size), RESAMPLE[resample], box=(x0, y0, x1, y1))
     return np.ascontiguousarray(np.asarray(out, dtype=np.uint8).transpose(2, 0, 1))
-
-
-# ---------------------------------------------------------------- parallel image work (shared with cub.py)
-
-
-def map_images(
-    function: Callable[[Any], Any],
-    items: Sequence[Any],
-    workers: int,
-    desc: str,
-    progress: bool,
-    min_items: int = 64,
-    unit: str = "img",
-) -> Iterable[Any]:
-    """function(item) for every item, in order; in `workers` processes when workers > 1 and len(items) >= min_items."""
-    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=not progress)
-    if workers <= 1 or len(items) < min_items:
-        for item in items:
-            yield function(item)
-            bar.update()
-    else:
-        # fork where there is one (as torch's DataLoader workers; the workers only use PIL, h5py and numpy): spawn
-        # would re-import the caller's __main__, which fails from a notebook or stdin
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        chunksize = max(1, min(64, len(items) // (4 * workers)))
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for result in pool.map(function, items, chunksize=chunksize):
-                yield result
-                bar.update()
-    bar.close()
-
-
-def default_workers(workers: int | None) -> int:
-    return max(1, min(os.cpu_count() or 1, 8)) if workers is None else max(1, int(workers))
 
 
 class _CropJob(NamedTuple):
@@ -513,7 +471,7 @@ def build_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
     if too_long["test"]:
         log.warning(
             "SVHN test: %d sequences longer than %d digits kept (labels cut to %d, true length in 'lengths'): "
-            "sequence_correct() counts them as errors",
+            "stn.tasks.sequence_correct counts them as errors",
             too_long["test"],
             cfg.max_digits,
             cfg.max_digits,
@@ -565,76 +523,11 @@ def ensure_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
     return ensure_stored(cfg, lambda: build_dataset(cfg, progress))
 
 
-# ---------------------------------------------------------------- on-device crops
-
-
-class CropParams(NamedTuple):
-    top: Tensor  # int64 [N]
-    left: Tensor  # int64 [N]
-    flip: Tensor  # bool [N]
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def apply_crops(images: Tensor, params: CropParams, size: int | Sequence[int]) -> Tensor:
-    """images[n, :, top:top+h, left:left+w] per sample (mirrored left-right where flip), as one gather."""
-    height, width = _pair(size)
-    device = images.device
-    rows = params.top[:, None] + torch.arange(height, device=device)
-    steps = torch.arange(width, device=device)
-    cols = params.left[:, None] + torch.where(params.flip[:, None], width - 1 - steps, steps)
-    index = torch.arange(images.shape[0], device=device)[:, None, None]
-    return images[index, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
-
-
-def random_crops(
-    images: Tensor,
-    size: int | Sequence[int],
-    generator: torch.Generator | None = None,
-    *,
-    flip_prob: float = 0.0,
-    return_params: bool = False,
-) -> Tensor | tuple[Tensor, CropParams]:
-    """A size x size crop of every image at its own uniform random position (and a left-right flip with
-    probability flip_prob), drawn on the images' device: `generator` must live there too (or be None)."""
-    n, _, h, w = images.shape
-    height, width = _pair(size)
-    if height > h or width > w:
-        raise ValueError(f"crop {height}x{width} is larger than the images ({h}x{w})")
-    device = images.device
-    top = torch.randint(0, h - height + 1, (n,), generator=generator, device=device)
-    left = torch.randint(0, w - width + 1, (n,), generator=generator, device=device)
-    if flip_prob > 0:
-        flip = torch.rand(n, generator=generator, device=device) < flip_prob
-    else:
-        flip = torch.zeros(n, dtype=torch.bool, device=device)
-    params = CropParams(top, left, flip)
-    crops = apply_crops(images, params, (height, width))
-    return (crops, params) if return_params else crops
-
-
-def center_crop(images: Tensor, size: int | Sequence[int]) -> Tensor:
-    """The central size x size crop of every image (offsets as torchvision's CenterCrop)."""
-    h, w = images.shape[-2:]
-    height, width = _pair(size)
-    if height > h or width > w:
-        raise ValueError(f"crop {height}x{width} is larger than the images ({h}x{w})")
-    top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
-    return images[..., top : top + height, left : left + width]
-
-
-def sequence_correct(predicted: Tensor, labels: Tensor, lengths: Tensor) -> Tensor:
-    """Per image: all five positions right (digits and null class) and the sequence not longer than five digits."""
-    return (predicted == labels).all(dim=1) & (lengths <= labels.shape[1])
-
-
 # ---------------------------------------------------------------- what the trainer consumes
 
 
 @dataclass
-class SvhnSplits(Splits):
+class SvhnSplits(CropAugmented, Splits):
     """uint8 images [N, 3, S, S] (CPU), int64 labels [N, 5] (null class 10) and int64 lengths [N] of each split."""
 
     train_x: Tensor
@@ -656,14 +549,6 @@ class SvhnSplits(Splits):
         if name not in SPLIT_NAMES:
             raise ValueError(f"unknown split {name!r}; use one of {SPLIT_NAMES}")
         return getattr(self, f"{name}_x"), (getattr(self, f"{name}_y"), getattr(self, f"{name}_len"))
-
-    def train_transform(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Random crop_size crops, one position per image, on the images' device."""
-        return random_crops(images, self.crop_size, generator)
-
-    def eval_transform(self, images: Tensor) -> Tensor:
-        """The centre crop_size crop."""
-        return center_crop(images, self.crop_size)
 
 
 def prepare(data_cfg: DictConfig | Mapping, progress: bool = True) -> None:
