@@ -9,8 +9,6 @@ taken from that square, on the device, with per-sample random draws; see train_t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -19,15 +17,22 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 import stn
-from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, verify_file
+from stn.data.photo_sets import (
+    config_values,
+    open_rgb,
+    source_folder,
+    stored_path,
+    validation_order,
+    warn_if_incomplete,
+    write_stored,
+)
 from stn.data.splits import LabelledSplits, split_tensors
-from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
+from stn.data.store import ensure_stored, read_matching, stored_meta
 from stn.data.transforms import RESAMPLE, CropAugmented, default_workers, map_images
 
 log = logging.getLogger(__name__)
@@ -152,37 +157,15 @@ class CubConfig:
 
     @classmethod
     def from_cfg(cls, data_cfg: DictConfig | Mapping) -> CubConfig:
-        values = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
-        missing = [key for key in REQUIRED_KEYS if values.get(key) is None]
-        if missing:
-            raise ValueError(f"CUB data config lacks {missing} (see configs/data/cub224.yaml for the schema)")
-        image_size, crop_size = int(values["image_size"]), int(values["crop_size"])
-        if not 0 < crop_size <= image_size:
-            raise ValueError(f"data.crop_size must be in (0, image_size={image_size}], got {crop_size}")
-        resample = values.get("interpolation", "bilinear")
-        if resample not in RESAMPLE:
-            raise ValueError(f"data.interpolation must be one of {tuple(RESAMPLE)}, got {resample!r}")
-        seed, val_size = int(values["seed"]), int(values["val_size"])
-        if seed < 0 or val_size < 0:
-            raise ValueError(f"data.seed and data.val_size must be non-negative, got {seed} and {val_size}")
-        source = values.get("cub_source")
+        values = config_values(data_cfg, REQUIRED_KEYS, "CUB", "configs/data/cub224.yaml")
         urls = values.get("download_urls") or CUB_ARCHIVE.urls
-        workers = values.get("workers")
         return cls(
-            name=str(values["name"]),
-            root=Path(values["root"]),
-            cub_source=None if source in (None, "") else Path(source),
+            **values["common"],
+            cub_source=source_folder(values.get("cub_source")),
             download_urls=tuple(str(u) for u in ([urls] if isinstance(urls, str) else urls)),
-            image_size=image_size,
-            crop_size=crop_size,
             num_classes=int(values["num_classes"]),
-            resample=resample,
             flip=bool(values.get("flip", True)),
             allow_missing=bool(values.get("allow_missing", True)),
-            val_size=val_size,
-            seed=seed,
-            workers=None if workers is None else int(workers),
-            timeout=float(values.get("download_timeout", 60.0)),
         )
 
     def generation(self) -> dict:
@@ -199,8 +182,7 @@ class CubConfig:
     @property
     def path(self) -> Path:
         """root/cub_resized/<name>_seed<seed>_<hash of the generation params>.h5"""
-        blob = json.dumps(self.generation(), sort_keys=True).encode()
-        return self.root / "cub_resized" / f"{self.name}_seed{self.seed}_{hashlib.sha256(blob).hexdigest()[:8]}.h5"
+        return stored_path(self.root / "cub_resized", self.name, self.seed, self.generation())
 
 
 def _source_hint() -> str:
@@ -292,8 +274,7 @@ class _ResizeJob(NamedTuple):
 
 
 def _resize_job(job: _ResizeJob) -> tuple[np.ndarray, tuple[int, int]]:
-    with Image.open(job.path) as image:
-        rgb = image.convert("RGB")  # a few CUB images are greyscale
+    rgb = open_rgb(job.path)
     return resize_shorter_center_square(rgb, job.size, job.resample), rgb.size
 
 
@@ -307,8 +288,7 @@ def build_dataset(cfg: CubConfig, progress: bool = True) -> Path:
     train_all = np.flatnonzero(present & metadata.is_train)
     if cfg.val_size >= len(train_all):
         raise ValueError(f"data.val_size={cfg.val_size} leaves no training images (only {len(train_all)} present)")
-    generator = torch.Generator().manual_seed(derived_seed(cfg.seed, STREAMS["val_split"]))
-    order = torch.randperm(len(train_all), generator=generator).numpy()
+    order = validation_order(cfg.seed, len(train_all)).numpy()
     parts = {
         "train": np.sort(train_all[order[cfg.val_size :]]),
         "val": np.sort(train_all[order[: cfg.val_size]]),
@@ -342,9 +322,7 @@ def build_dataset(cfg: CubConfig, progress: bool = True) -> Path:
         "sizes": {part: len(index) for part, index in parts.items()},
         "stn_version": stn.__version__,
     }
-    write_atomic(cfg.path, arrays, attrs)
-    log.info("CUB %s: stored %s (%s)", cfg.name, cfg.path, attrs["sizes"])
-    return cfg.path
+    return write_stored(cfg, arrays, attrs, "CUB")
 
 
 def ensure_dataset(cfg: CubConfig, progress: bool = True) -> Path:
@@ -381,13 +359,7 @@ def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> CubSpl
     path = ensure_dataset(cfg, progress)
     arrays, attrs = read_matching(cfg)
     missing = {split: count for split, count in attrs["source"]["missing"].items() if count}
-    if missing:
-        log.warning(
-            "%s was built without %s images listed in the CUB metadata (per split): fine for tests, not for "
-            "Table 3. Delete it and run again with the complete data.",
-            path,
-            missing,
-        )
+    warn_if_incomplete(path, "CUB", missing, "images missing", "Table 3")
     meta = stored_meta(
         cfg,
         attrs,

@@ -12,7 +12,6 @@ Splits: train = train + extra minus a seeded validation set; test = every test i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -24,17 +23,24 @@ from typing import NamedTuple
 
 import h5py
 import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor
 
 import stn
 from stn.atomic import write_atomic as write_text_atomic
-from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, file_digests, urls_under, verify_file
+from stn.data.photo_sets import (
+    config_values,
+    open_rgb,
+    source_folder,
+    stored_path,
+    validation_order,
+    warn_if_incomplete,
+    write_stored,
+)
 from stn.data.splits import SPLIT_NAMES, Splits, split_tensors
-from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
+from stn.data.store import ensure_stored, read_matching, stored_meta
 from stn.data.transforms import RESAMPLE, CropAugmented, default_workers, map_images
 
 log = logging.getLogger(__name__)
@@ -228,8 +234,7 @@ class _CropJob(NamedTuple):
 
 
 def _crop_job(job: _CropJob) -> tuple[np.ndarray | None, tuple[int, int]]:
-    with Image.open(job.path) as image:
-        rgb = image.convert("RGB")
+    rgb = open_rgb(job.path)
     return crop_resize(rgb, job.region, job.size, job.border, job.resample), rgb.size
 
 
@@ -260,46 +265,24 @@ class SvhnConfig:
 
     @classmethod
     def from_cfg(cls, data_cfg: DictConfig | Mapping) -> SvhnConfig:
-        values = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
-        missing = [key for key in REQUIRED_KEYS if values.get(key) is None]
-        if missing:
-            raise ValueError(f"SVHN data config lacks {missing} (see configs/data/svhn64.yaml for the schema)")
-        image_size, crop_size = int(values["image_size"]), int(values["crop_size"])
-        if not 0 < crop_size <= image_size:
-            raise ValueError(f"data.crop_size must be in (0, image_size={image_size}], got {crop_size}")
+        values = config_values(data_cfg, REQUIRED_KEYS, "SVHN", "configs/data/svhn64.yaml")
         if values["border"] not in BORDERS:
             raise ValueError(f"data.border must be one of {BORDERS}, got {values['border']!r}")
-        resample = values.get("interpolation", "bilinear")
-        if resample not in RESAMPLE:
-            raise ValueError(f"data.interpolation must be one of {tuple(RESAMPLE)}, got {resample!r}")
         train_splits = tuple(values.get("train_splits", ("train", "extra")))
         if not train_splits or any(s not in ("train", "extra") for s in train_splits):
             raise ValueError(f"data.train_splits must be a non-empty list of 'train' and 'extra', got {train_splits}")
-        seed, val_size = int(values["seed"]), int(values["val_size"])
-        if seed < 0 or val_size < 0:
-            raise ValueError(f"data.seed and data.val_size must be non-negative, got {seed} and {val_size}")
         if float(values["box_expand"]) <= 0 or float(values["box_scale"]) <= 0:
             raise ValueError("data.box_expand and data.box_scale must be positive")
-        source = values.get("svhn_source")
-        workers = values.get("workers")
         return cls(
-            name=str(values["name"]),
-            root=Path(values["root"]),
-            svhn_source=None if source in (None, "") else Path(source),
+            **values["common"],
+            svhn_source=source_folder(values.get("svhn_source")),
             download_url=str(values.get("download_url") or "http://ufldl.stanford.edu/housenumbers/"),
-            image_size=image_size,
-            crop_size=crop_size,
             box_expand=float(values["box_expand"]),
             box_scale=float(values["box_scale"]),
             square_box=bool(values.get("square_box", False)),
             border=str(values["border"]),
-            resample=resample,
             max_digits=int(values.get("max_digits", 5)),
             train_splits=train_splits,
-            val_size=val_size,
-            seed=seed,
-            workers=None if workers is None else int(workers),
-            timeout=float(values.get("download_timeout", 60.0)),
         )
 
     def generation(self) -> dict:
@@ -325,8 +308,7 @@ class SvhnConfig:
     @property
     def path(self) -> Path:
         """root/svhn_crops/<name>_seed<seed>_<hash of the generation params>.h5"""
-        blob = json.dumps(self.generation(), sort_keys=True).encode()
-        return self.root / "svhn_crops" / f"{self.name}_seed{self.seed}_{hashlib.sha256(blob).hexdigest()[:8]}.h5"
+        return stored_path(self.root / "svhn_crops", self.name, self.seed, self.generation())
 
 
 def archive_remote(split: str, base_url: str) -> Remote:
@@ -481,8 +463,7 @@ def build_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
             f"data.val_size={cfg.val_size} leaves no training images: only {len(pool)} usable images in "
             f"{'+'.join(cfg.train_splits)}. Lower data.val_size (or provide the complete SVHN)."
         )
-    generator = torch.Generator().manual_seed(derived_seed(cfg.seed, STREAMS["val_split"]))
-    order = torch.randperm(len(pool), generator=generator)
+    order = validation_order(cfg.seed, len(pool))
     val_index = set(order[: cfg.val_size].tolist())
     parts = {
         "train": [item for i, item in enumerate(pool) if i not in val_index],
@@ -513,9 +494,7 @@ def build_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
         "sizes": {part: int(len(arrays[f"{part}/labels"])) for part in parts},
         "stn_version": stn.__version__,
     }
-    write_atomic(cfg.path, arrays, attrs)
-    log.info("SVHN %s: stored %s (%s)", cfg.name, cfg.path, attrs["sizes"])
-    return cfg.path
+    return write_stored(cfg, arrays, attrs, "SVHN")
 
 
 def ensure_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
@@ -566,13 +545,7 @@ def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> SvhnSp
         for s, v in attrs["sources"].items()
         if v["present"] < v["official_count"]
     }
-    if incomplete:
-        log.warning(
-            "%s was built from an incomplete SVHN (images present per split: %s): fine for tests, not for Table 2. "
-            "Delete it and run again with the complete data.",
-            path,
-            incomplete,
-        )
+    warn_if_incomplete(path, "SVHN", incomplete, "images present", "Table 2")
     meta = stored_meta(
         cfg,
         attrs,
