@@ -14,7 +14,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, need_real_data
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
@@ -40,10 +39,9 @@ def sequence(labels) -> str:
 
 
 @pytest.fixture(scope="module")
-def sample() -> Path:
+def sample(svhn_sample) -> Path:
     """The folder holding the sample's train/ test/ extra/ (each with digitStruct.mat and 1.png-3.png)."""
-    need_real_data(SHARED_DATA / "SVHN" / "train" / "digitStruct.mat", "the SVHN format-1 sample")
-    return SHARED_DATA / "SVHN"
+    return svhn_sample
 
 
 def data_cfg(name: str, root: Path, source: Path | None, **changes: object) -> dict:

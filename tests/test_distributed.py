@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import SHARED_DATA, need_real_data
 from cub_runs import compose_train, register_small_backbone, small_run_overrides
 
 from stn.checkpoint import load_checkpoint, read_result
@@ -51,8 +50,8 @@ def _rank(rank: int, world_size: int, port: int, overrides: list[str]) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_train_exactly_as_one_process_on_the_same_global_batch(tmp_path):
-    sample = need_real_data(SHARED_DATA / "CUB_200_2011" / "images.txt", "the CUB-200-2011 sample").parent
+def test_two_gloo_processes_train_exactly_as_one_process_on_the_same_global_batch(cub_sample, tmp_path):
+    sample = cub_sample
     register_small_backbone()
 
     def overrides(runs: str) -> list[str]:

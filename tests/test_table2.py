@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, need_real_data
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -72,9 +71,9 @@ def test_every_cell_composes_and_its_model_runs_forward_and_backward(data, model
 
 
 @pytest.fixture(scope="module")
-def svhn_crops(tmp_path_factory) -> dict[str, torch.Tensor]:
+def svhn_crops(svhn_sample, tmp_path_factory) -> dict[str, torch.Tensor]:
     """The real SVHN sample's test images as the models see them (centre crops), per data config."""
-    source = need_real_data(SHARED_DATA / "SVHN" / "test" / "digitStruct.mat", "the SVHN format-1 sample").parents[1]
+    source = svhn_sample
     root = tmp_path_factory.mktemp("svhn")
     crops = {}
     for name in ("svhn64", "svhn128"):

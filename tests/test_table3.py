@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, need_real_data
 from cub_runs import compose_train, register_small_backbone, small_run_overrides
 from hydra.utils import instantiate
 
@@ -187,8 +186,8 @@ def test_the_torchvision_backbones_serve_the_table3_models(backbone, channels):
 
 
 @pytest.fixture(scope="module")
-def sample() -> Path:
-    return need_real_data(SHARED_DATA / "CUB_200_2011" / "images.txt", "the CUB-200-2011 sample").parent
+def sample(cub_sample) -> Path:
+    return cub_sample
 
 
 def test_learning_check_a_small_2st_model_fits_the_sample_far_above_chance(sample, tmp_path_factory):
