@@ -10,7 +10,14 @@ import stn
 
 SRC = Path(stn.__file__).resolve().parent
 # Modules run as commands: nothing in the library may import them.
-ENTRY_POINTS = {"stn.train", "stn.results.cli", "stn.results.__main__", "stn.gpu_check.cli", "stn.gpu_check.__main__"}
+ENTRY_POINTS = {
+    "stn.train",
+    "stn.evidence",
+    "stn.results.cli",
+    "stn.results.__main__",
+    "stn.gpu_check.cli",
+    "stn.gpu_check.__main__",
+}
 
 
 def module_name(path: Path) -> str:
