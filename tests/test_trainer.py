@@ -28,14 +28,14 @@ def config(*overrides: str):
 
 
 def test_a_run_writes_its_result_record_and_a_rerun_only_reports_it(synthetic_overrides):
-    cfg = config(*synthetic_overrides, "model=st_cnn_aff", "seed=2")
+    cfg = config(*synthetic_overrides, "model=st_fcn_aff", "seed=2")
     result = train(cfg)
     run_dir = Path(cfg.run_dir)
     assert json.loads((run_dir / "result.json").read_text()) == result
     assert (result["status"], result["data"], result["model"], result["seed"], result["iterations"]) == (
         "finished",
         "synthetic",
-        "st_cnn_aff",
+        "st_fcn_aff",
         2,
         20,
     )
@@ -45,7 +45,7 @@ def test_a_run_writes_its_result_record_and_a_rerun_only_reports_it(synthetic_ov
     mtime = (run_dir / "result.json").stat().st_mtime_ns
     assert train(cfg) == result and (run_dir / "result.json").stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match="different configuration"):
-        train(config(*synthetic_overrides, "model=st_cnn_aff", "seed=2", "optim.optimizer.lr=0.5"))
+        train(config(*synthetic_overrides, "model=st_fcn_aff", "seed=2", "optim.optimizer.lr=0.5"))
 
 
 class StopAt(NoLogger):
@@ -60,7 +60,7 @@ class StopAt(NoLogger):
 
 
 def test_an_interrupted_run_resumes_bit_identically_across_redrawn_epochs(synthetic_overrides, tmp_path, monkeypatch):
-    run = [*synthetic_overrides[:-1], "model=st_cnn_aff", "budget.iterations=30"]  # 8 batches an epoch: 3 redraws
+    run = [*synthetic_overrides[:-1], "model=st_fcn_aff", "budget.iterations=30"]  # 8 batches an epoch: 3 redraws
     uninterrupted = train(config(*run, f"paths.runs_dir={tmp_path / 'a'}"))
     interrupted = config(*run, f"paths.runs_dir={tmp_path / 'b'}")
     monkeypatch.setattr(stn.train, "build_logger", lambda *args, **kwargs: StopAt(15))
@@ -116,8 +116,8 @@ def _rank(rank: int, world_size: int, port: int, overrides: list[str]) -> None:
 
 
 def test_two_gloo_processes_train_as_one_process_on_the_same_global_batch(synthetic_overrides, tmp_path):
-    # The ST-CNN has no dropout and no batch norm: nothing random differs between one process and two.
-    run = [*synthetic_overrides[:-1], "model=st_cnn_aff", "budget.iterations=4", "budget.eval_every=4"]
+    # The ST-FCN has no dropout and no batch norm: nothing random differs between one process and two.
+    run = [*synthetic_overrides[:-1], "model=st_fcn_aff", "budget.iterations=4", "budget.eval_every=4"]
     single, double = [*run, f"paths.runs_dir={tmp_path / 'one'}"], [*run, f"paths.runs_dir={tmp_path / 'two'}"]
     one = train(config(*single))
     mp.spawn(_rank, args=(2, _free_port(), double), nprocs=2, join=True)
