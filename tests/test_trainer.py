@@ -1,18 +1,14 @@
 """The trainer on synthetic data (tests/synthetic.py), so these run on any clone: the result record and the rerun
-that just reports it, bit-identical resume after an interruption (across redrawn epochs), the NaN guard, and two
-gloo processes training exactly as one."""
+that just reports it, bit-identical resume after an interruption (across redrawn epochs) and the NaN guard (two
+gloo processes on synthetic data: test_distributed.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 
 import stn.train
@@ -91,41 +87,3 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(synt
     # Rerunning retries from that checkpoint (a failed record does not block it) and fails the same way.
     with pytest.raises(FloatingPointError, match=r"iterations 11\.\.15; the last good checkpoint \(iteration 10\)"):
         train(cfg)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank(rank: int, world_size: int, port: int, overrides: list[str]) -> None:
-    """One training process, as torchrun would start it (its environment variables)."""
-    os.environ |= {
-        "RANK": str(rank),
-        "LOCAL_RANK": str(rank),
-        "WORLD_SIZE": str(world_size),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-    }
-    torch.set_num_threads(1)
-    try:
-        train(config(*overrides))
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_gloo_processes_train_as_one_process_on_the_same_global_batch(synthetic_overrides, tmp_path):
-    # The ST-FCN has no dropout and no batch norm: nothing random differs between one process and two.
-    run = [*synthetic_overrides[:-1], "model=st_fcn_aff", "budget.iterations=4", "budget.eval_every=4"]
-    single, double = [*run, f"paths.runs_dir={tmp_path / 'one'}"], [*run, f"paths.runs_dir={tmp_path / 'two'}"]
-    one = train(config(*single))
-    mp.spawn(_rank, args=(2, _free_port(), double), nprocs=2, join=True)
-    two = read_result(Path(config(*double).run_dir))
-    assert (one["processes"], two["processes"], two["iterations"]) == (1, 2, 4)
-    assert two["test_error"] == one["test_error"] and two["val_history"] == one["val_history"]
-    state_one = load_checkpoint(Path(config(*single).run_dir))["model"]
-    state_two = load_checkpoint(Path(config(*double).run_dir))["model"]
-    assert state_one.keys() == state_two.keys()
-    for key, value in state_one.items():
-        assert torch.allclose(value, state_two[key], rtol=1e-5, atol=1e-6), key
