@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import stn.train
-from stn.checkpoint import load_checkpoint, read_result
+from stn.checkpoint import load_checkpoint, load_model, read_result
 from stn.loggers import NoLogger
 from stn.models.params import CONFIG_DIR
 from stn.train import train
@@ -73,6 +73,14 @@ def test_an_interrupted_run_resumes_bit_identically_across_redrawn_epochs(synthe
     for name, tensor in final_a["model"].items():
         assert torch.equal(tensor, final_b["model"][name]), name
     assert final_a["optimizer"]["state"].keys() == final_b["optimizer"]["state"].keys()
+
+
+def test_a_spatial_transformer_model_learns_through_train(synthetic_overrides):
+    cfg = config(*synthetic_overrides, "model=st_fcn_aff", "optim=fast")  # 20 iterations
+    assert train(cfg)["test_error"] < 30  # chance: 90%
+    model = load_model(Path(cfg.run_dir))
+    identity = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    assert not torch.equal(model.transformer.regressor.bias.flatten(), identity)  # the loc net trained too
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_overrides):

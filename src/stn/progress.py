@@ -32,6 +32,7 @@ class Progress:
         self.best = max if higher_is_better(metric) else min
         self.start, self.total, self.batch_size = state["iteration"], cfg.budget.iterations, cfg.budget.batch_size
         self.loss_sum = torch.zeros((), device=device)
+        self.mean_loss = self.images_per_s = math.nan  # of the last window, once one has ended
         self.window_start, self.mark = self.start, time.perf_counter()
         self.loop_started = self.mark
         desc = f"{cfg.data.name}/{cfg.model.name}/seed{cfg.seed}"

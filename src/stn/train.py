@@ -18,6 +18,7 @@ import hydra
 import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
+from torch import Tensor
 
 from stn import distributed
 from stn.checkpoint import write_result
@@ -29,7 +30,7 @@ from stn.progress import Progress
 from stn.run_folder import RunFolder, run_sweep_job
 from stn.runtime import pick_device, seed_everything
 from stn.setup import build_model, check_budget, load_run_data
-from stn.stream import RANK, epoch_batches, select, stream_seed
+from stn.stream import RANK, Targets, epoch_batches, select, stream_seed
 from stn.tasks import Task
 
 
@@ -60,7 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     batches = epoch_batches(*data.train, budget.batch_size, cfg.seed, start, data.redraw, data.train_transform)
     mine = distributed.shard(budget.batch_size, world)  # this rank's share of every global batch
 
-    def score(split: tuple) -> float:
+    def score(split: tuple[Tensor, Targets]) -> float:
         return evaluate(model, *split, budget.eval_batch_size, task, precision, data.eval_transform, world)
 
     model.train()
