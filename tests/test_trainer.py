@@ -83,6 +83,18 @@ def test_a_spatial_transformer_model_learns_through_train(synthetic_overrides):
     assert not torch.equal(model.transformer.regressor.bias.flatten(), identity)  # the loc net trained too
 
 
+def test_a_bf16_run_learns_as_its_fp32_twin(synthetic_overrides):
+    twin = [*synthetic_overrides, "model=st_cnn_aff", "optim=fast", "seed=3"]
+    fp32 = train(config(*twin))
+    bf16 = train(config(*twin, "cpu_precision=bf16", "experiment_name=bf16"))  # its own run, beside its twin
+    assert "cpu_precision" not in fp32["run_identity"] and bf16["run_identity"]["cpu_precision"] == "bf16"
+    assert fp32["test_error"] < 30 and abs(bf16["test_error"] - fp32["test_error"]) <= 10  # 64 test images
+    fp32_weights = load_checkpoint(Path(fp32["config"]["run_dir"]))["model"]
+    bf16_weights = load_checkpoint(Path(bf16["config"]["run_dir"]))["model"]
+    for name, weight in fp32_weights.items():  # the same start and batches: close, not equal
+        assert torch.allclose(weight, bf16_weights[name], atol=0.05), name
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(synthetic_overrides):
     # A real divergence: the learning rate jumps x1e8 after iteration 10 (lr_gamma > 1 is allowed on purpose).
     cfg = config(*synthetic_overrides, "model=fcn", "optim.lr_milestones=[0.5]", "optim.lr_gamma=1e8")
