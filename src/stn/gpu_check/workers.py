@@ -36,7 +36,7 @@ def synchronise(device: torch.device) -> None:
 
 
 def measure(cfg: DictConfig, images: torch.Tensor, labels: torch.Tensor, plan: Plan, barrier=None) -> dict:
-    """Steady-state images/s of the training step of train.py's loop (autocast forward, float32 loss, backward,
+    """Steady-state images/s of the trainer's step (stn.optim.train_step) (autocast forward, float32 loss, backward,
     optimiser and lr steps) after `plan.warmup` steps, over `plan.measure_s` (or a barrier's window)."""
     device = images.device
     use_precision(cfg.precision, device)
