@@ -23,10 +23,10 @@ from PIL import Image
 import stn
 from stn.data.download import Remote, extract_tar, fetch_and_extract, verify_file
 from stn.data.photo_sets import (
+    PhotoSetConfig,
     config_values,
     open_rgb,
     source_folder,
-    stored_path,
     validation_order,
     warn_if_incomplete,
     write_stored,
@@ -136,24 +136,16 @@ def read_metadata(folder: str | os.PathLike) -> CubMetadata:
 # ---------------------------------------------------------------- config and raw data
 
 
-@dataclass(frozen=True)
-class CubConfig:
+@dataclass(frozen=True, kw_only=True)
+class CubConfig(PhotoSetConfig):
     """A validated configs/data/cub*.yaml."""
 
-    name: str
-    root: Path
+    STORE = "cub_resized"
     cub_source: Path | None
     download_urls: tuple[str, ...]
-    image_size: int
-    crop_size: int
     num_classes: int
-    resample: str
     flip: bool
     allow_missing: bool
-    val_size: int
-    seed: int
-    workers: int | None = None
-    timeout: float = 60.0
 
     @classmethod
     def from_cfg(cls, data_cfg: DictConfig | Mapping) -> CubConfig:
@@ -178,11 +170,6 @@ class CubConfig:
             "val_size": self.val_size,
             "allow_missing": self.allow_missing,
         }
-
-    @property
-    def path(self) -> Path:
-        """root/cub_resized/<name>_seed<seed>_<hash of the generation params>.h5"""
-        return stored_path(self.root / "cub_resized", self.name, self.seed, self.generation())
 
 
 def _source_hint() -> str:

@@ -1,5 +1,6 @@
-"""What the datasets built from folders of photos (SVHN, CUB) share: the keys every such config has, the stored
-file's name, the seeded validation split, the photos' reading, and the warning for a set built from incomplete data."""
+"""What the datasets built from folders of photos (SVHN, CUB) share: the keys every such config has and the stored
+file's name (PhotoSetConfig), the seeded validation split, the photos' reading, writing the built set, and the
+warning for a set built from incomplete data."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,12 +24,38 @@ from stn.data.transforms import RESAMPLE
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, kw_only=True)
+class PhotoSetConfig:
+    """The keys every photo-set config has (read and checked by config_values); a dataset's config adds its own,
+    names the folder its stored files go in (STORE) and says what defines them (generation)."""
+
+    STORE: ClassVar[str]
+    name: str
+    root: Path
+    image_size: int
+    crop_size: int
+    resample: str
+    val_size: int
+    seed: int
+    workers: int | None = None
+    timeout: float = 60.0
+
+    def generation(self) -> dict:
+        """Everything that defines the stored data besides the seed (hashed into the file name)."""
+        raise NotImplementedError
+
+    @property
+    def path(self) -> Path:
+        """root/<STORE>/<name>_seed<seed>_<hash of the generation params>.h5"""
+        blob = json.dumps(self.generation(), sort_keys=True).encode()
+        return self.root / self.STORE / f"{self.name}_seed{self.seed}_{hashlib.sha256(blob).hexdigest()[:8]}.h5"
+
+
 def config_values(
     data_cfg: DictConfig | Mapping, required: tuple[str, ...], dataset: str, schema: str
 ) -> dict[str, Any]:
     """A data config as a plain dict, with the keys every photo set has checked. The common ones are returned under
-    their dataclass names (name, root, image_size, crop_size, resample, val_size, seed, workers, timeout) in
-    "common"; the dataset's own keys are read from the rest."""
+    their PhotoSetConfig names in "common"; the dataset's own keys are read from the rest."""
     values = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
     missing = [key for key in required if values.get(key) is None]
     if missing:
@@ -59,12 +87,6 @@ def config_values(
 def source_folder(value: str | None) -> Path | None:
     """An offline source folder setting: unset or empty means none."""
     return None if value in (None, "") else Path(value)
-
-
-def stored_path(folder: Path, name: str, seed: int, generation: Mapping[str, Any]) -> Path:
-    """folder/<name>_seed<seed>_<hash of the generation params>.h5"""
-    blob = json.dumps(generation, sort_keys=True).encode()
-    return folder / f"{name}_seed{seed}_{hashlib.sha256(blob).hexdigest()[:8]}.h5"
 
 
 def validation_order(seed: int, count: int) -> Tensor:

@@ -31,10 +31,10 @@ import stn
 from stn.atomic import write_atomic as write_text_atomic
 from stn.data.download import Remote, extract_tar, fetch_and_extract, file_digests, urls_under, verify_file
 from stn.data.photo_sets import (
+    PhotoSetConfig,
     config_values,
     open_rgb,
     source_folder,
-    stored_path,
     validation_order,
     warn_if_incomplete,
     write_stored,
@@ -241,27 +241,19 @@ def _crop_job(job: _CropJob) -> tuple[np.ndarray | None, tuple[int, int]]:
 # ---------------------------------------------------------------- config and raw data
 
 
-@dataclass(frozen=True)
-class SvhnConfig:
+@dataclass(frozen=True, kw_only=True)
+class SvhnConfig(PhotoSetConfig):
     """A validated configs/data/svhn*.yaml."""
 
-    name: str
-    root: Path
+    STORE = "svhn_crops"
     svhn_source: Path | None
     download_url: str
-    image_size: int
-    crop_size: int
     box_expand: float
     box_scale: float
     square_box: bool
     border: str
-    resample: str
     max_digits: int
     train_splits: tuple[str, ...]
-    val_size: int
-    seed: int
-    workers: int | None = None
-    timeout: float = 60.0
 
     @classmethod
     def from_cfg(cls, data_cfg: DictConfig | Mapping) -> SvhnConfig:
@@ -304,11 +296,6 @@ class SvhnConfig:
     def raw_dir(self) -> Path:
         """Downloaded archives and extracted split folders (root/SVHN/{train,test,extra}), and the parse cache."""
         return self.root / "SVHN"
-
-    @property
-    def path(self) -> Path:
-        """root/svhn_crops/<name>_seed<seed>_<hash of the generation params>.h5"""
-        return stored_path(self.root / "svhn_crops", self.name, self.seed, self.generation())
 
 
 def archive_remote(split: str, base_url: str) -> Remote:
