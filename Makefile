@@ -124,121 +124,21 @@ table1: $(STAMP)
 	$(PY) -m stn.results table1 --runs $(RUNS)/table1 --recipe $(RECIPE_FOLDER_$(RECIPE)) --out $(RESULTS) \
 	  --name $(or $(TABLE_NAME_$(RECIPE)),table1) $(TABLE_ARGS_$(RECIPE))
 
-# The measured comparisons behind Table 1's defaults, rendered into results/evidence/ (CPU hours; see README).
-PE_NOTE := Paper: P FCN 3.1, ST-FCN Aff 1.5, Proj 1.4, TPS 1.4; E FCN 3.2, ST-FCN Aff 2.7, Proj 2.6, TPS 2.4. The table1 arm has the appendix strengths (P: corners N(0, 5 px) per coordinate; E: control points N(0, 1.5 px), scale U(0.75, 1)); each evidence arm changes one of them. Share of test digits the canvas may cut (ink on the border ring): python -m stn.data.make --variants P --no-figures [data.distortion.corner_std_px=...].
-GAPS_NOTE := Paper: R FCN 2.1, ST-FCN Aff 1.2; RTS FCN 5.2, ST-FCN Aff 0.8. Arms: table1/fast-fast is the fast recipe (15k x 256, 10k digits held out for validation); evidence_val0 trains on all 60k digits (data.val_size=0; the paper never mentions a validation split; 1 seed); evidence_quarter trains 2.5x longer (37.5k x 256 = 1/4 of the paper's samples, the most the issue allows).
-CPU_BF16_NOTE := Machine: CPU, 2 cores (AMD EPYC, avx512_bf16), torch 2.14.1, one training at a time. Speed (make bench-train, results/bench/train_cpu.md): bf16 autocast + channels_last trains the conv models 1.5-2.5x faster (CNN on R 2.40x, ST-CNN Aff on RTS 1.59x) and the FC models 1.0-1.3x; torch.compile is no faster on this CPU (0.8-1.2x). Whole runs: CNN on R 13.4 min in bf16 vs 25.3 in float32; ST-CNN Aff on RTS 13.1 vs 29.1. Reading: one seed per arm cannot show equal error; the CNN matches (1.31 vs 1.27%, paper 1.2), the ST-CNN is 0.22 pp worse (0.93 vs 0.71%, paper 0.5). Choice: cpu_precision stays fp32 (every CPU result here was measured in it); bf16 is an opt-in for quicker CPU runs of the conv models.
-BUDGET_NOTE := Paper: R FCN 2.1, ST-FCN Aff 1.2; RTS FCN 5.2, ST-FCN Aff 0.8. Arms: table1/fast-fast is the fast recipe (Adam, 1/10 of the paper's samples); evidence_quarter the same at 1/4; table1/sgd_table1-paper (FCN on R) and evidence_paper_budget are the paper's schedule with its readings (SGD momentum 0.9, lr 0.01 x0.1 at 50k/100k, all 38.4M samples, fresh data: the GPU default), 1 seed except FCN R. Machine: CPU, 2 cores (AMD EPYC), torch 2.14.1, one training at a time. Reading: ten times the samples with the paper's own optimiser do not close the ST-FCN Aff gap on RTS (1.35%; fast 1.46 ± 0.06, quarter 1.24 ± 0.16; paper 0.8), so that gap is not the budget; on R the paper's schedule comes closer (1.34% vs 1.2; fast 1.52 ± 0.09). On RTS the paper's schedule is worse than Adam at 1/4 of its samples for the FCN (7.43% vs 5.19 ± 0.01; paper 5.2): with lr 0.01 it underfits (val error 35.6% after 5k iterations, 9.5% at the first decay, 7.7% at the end). The GPU default stays the paper's stated schedule, so expect its FCN RTS cell above the paper; RECIPE=quarter is the closest recipe measured on RTS.
-LOCLR_NOTE := Machine: CPU, 2 cores (AMD EPYC without AVX-512: torch ran its AVX2 kernels), torch 2.14.1, one training at a time. The appendix names no loc-net learning rate for Table 1 (it gives x0.1 for SVHN and 1e-4 for CUB). Reading: the base rate (x1) is best on both columns, by 0.2-0.3 pp over x0.1 and x3 (R 1.49 ± 0.05 vs 1.75 / 1.70; RTS 1.40 ± 0.10 vs 1.67 / 1.56; paper 1.2 / 0.8). Choice: loc_lr_mult stays 1.0 in optim=fast and optim=sgd_table1 (measured with the fast recipe only).
-LEARNED_NOTE := Machine: CPU, 2 cores (AMD EPYC without AVX-512: torch ran its AVX2 kernels), torch 2.14.1, one training at a time; seeds as n. Reading: on RTS the fast recipe's loc net (Adam, any loc-net rate, also at 1/4 of the samples) undoes offset (0.99) and scale (0.8) but almost none of the rotation (0.00-0.04), while on R it undoes 0.71 of it; the paper's SGD schedule (3 seeds) undoes 0.43 ± 0.01 of the RTS rotation and reaches 1.28 ± 0.14% (paper 0.8). The ST-FCN's RTS gap is a rotation the fast recipe never learns.
-RTS_SEEDS_NOTE := Machine: CPU, 2 cores (AMD EPYC without AVX-512: torch ran its AVX2 kernels), torch 2.14.1, one training at a time; all arms on this one host, so they compare without host drift (runs on an AVX-512 host gave ST-FCN Aff RTS fast 1.46 ± 0.06 and paper schedule seed 0 1.35, results/evidence/table1_paper_budget.md). Reading: the paper's own schedule (SGD momentum 0.9, lr 0.01 x0.1 at 50k/100k, all 38.4M samples) reaches 1.28 ± 0.14 over 3 seeds, 0.12 pp better than the fast recipe's 1.40 ± 0.10 at 1/10 of the samples and still 0.5 pp above the paper's 0.8; the seed-to-seed spread (1.15-1.42) is as large as the recipe difference, and the fast recipe at 1/4 of the samples (1 seed here) gives 1.23. The paper's schedule undoes 0.43 ± 0.01 of the digits' rotation where the fast recipe undoes none (results/evidence/table1_st_learned.md), yet it gains only 0.1 pp. So the ST-FCN Aff RTS gap is not the fast recipe's: the faithful schedule does not reproduce the cell on this code either.
-WIDTH_NOTE := Paper: R ST-FCN Aff 1.2, RTS 0.8. The table1 arm solves the ST-FCN's classifier width by the equal-parameter rule, so the loc net's parameters (R 27k, RTS 59k) come out of the classifier (R 185, RTS 244 units; 209k / 229k in all, as the plain CNN); evidence_width_fcn gives the classifier the plain FCN's width (R 208, RTS 303 units) and the loc net on top (236k / 288k, +13% / +26%). Machine: CPU, 2 cores (AMD EPYC without AVX-512: torch ran its AVX2 kernels), torch 2.14.1, one training at a time. Reading: the wider classifier changes R by nothing (1.48 ± 0.12 vs 1.49 ± 0.05) and RTS by 0.07 pp, within the seed spread (1.33 ± 0.06 vs 1.40 ± 0.10; paper 0.8): the equal-parameter reading is not what holds the ST-FCN above the paper. Choice: the rule stays (the paper: approximately the same number of parameters).
-PROBE_NOTE := The probe trains the ST-FCN's loc net body (FC 3 x 32 on the raw input, as the appendix; 3 x 128 for comparison) plus a linear head to regress each digit's known distortion, with the fast recipe (Adam lr 2e-3, warm-up, cosine; 15k x 256 fresh digits), and scores it on the stored test set. Machine: CPU, 2 cores (AMD EPYC without AVX-512: torch ran its AVX2 kernels), torch 2.14.1, one run at a time. Reading: with full supervision the appendix's loc net reads a centred digit's rotation almost exactly (R: R² 0.96, residual 10 deg) and an RTS digit's offset too (R² 0.99), but only half of an RTS digit's rotation (R² 0.54, residual 18 deg of a 26 deg spread; 3 x 128 units: 0.71): where the digit may be anywhere on the 42x42 canvas, its orientation is a function of where its ink lies that a 32-unit FC layer on raw pixels hardly forms. For a calibrated estimate the slope the learned command reports is about its R², so about 0.5 of the rotation is the most this loc net can undo on RTS: the paper's schedule undoes 0.43 ± 0.01, near that ceiling, and the fast recipe none (results/evidence/table1_st_learned.md). So the ST-FCN's RTS cell rests on its classifier coping with the rotation left over (about 18 deg), with either recipe.
-ST_FCN_SEEDS_NOTE := Paper: R ST-FCN Aff 1.2, Proj 1.3, TPS 1.1; RTS 0.8, 0.9, 0.8. Machine: CPU, 2 cores (AMD EPYC without AVX-512: torch ran its AVX2 kernels), torch 2.14.1, one training at a time; all 18 runs on this one host (results/table1_fast.md holds 1 seed of Proj and TPS from an AVX-512 host: R 1.58 / 1.53, RTS 1.54 / 1.40). Reading: on R the three are 0.24-0.33 pp above the paper (Aff +0.29, Proj +0.24, TPS +0.33), at the edge of the ±0.3 pp target; on RTS all three sit 0.6 pp above it (Aff +0.60, Proj +0.58, TPS +0.63) with seed spreads of 0.01-0.10, so the RTS gap is common to every transformer family, consistent with the loc-net probe (the same FC 3 x 32 loc net serves all three; results/evidence/table1_locnet_probe.md).
-ST_FCN_CELLS := $(foreach data,mnist_r mnist_rts,$(foreach model,st_fcn_aff st_fcn_proj st_fcn_tps,$(data)/$(model)))
-BUDGET_CELLS := mnist_r/fcn mnist_r/st_fcn_aff mnist_rts/fcn mnist_rts/st_fcn_aff
-EVIDENCE_STREAM := data=mnist_r,mnist_rts model=fcn,st_fcn_aff seed=0,1,2 $(RECIPE_ARGS_fast)
+# The measured comparisons behind Table 1's defaults (CPU hours; results/evidence/README.md): one config each,
+# configs/evidence/<name>.yaml (its sweeps, how it is rendered, its note), rendered into results/evidence/<name>.md.
+#   make evidence                 lists them
+#   make evidence NAME=<name>     trains (finished runs are only reported) and renders one
+#   make evidence-table1          all of Table 1's, in this order (later ones render runs the earlier ones train)
+.PHONY: evidence
+EVIDENCE_TABLE1 := table1_data_stream table1_fcn_length_width table1_pe_strength table1_fast_recipe_gaps \
+  table1_momentum table1_paper_budget table1_paper_schedule_rts table1_cpu_bf16 \
+  table1_loc_lr table1_st_width table1_st_learned table1_st_fcn_seeds \
+  table1_locnet_probe
+evidence: $(STAMP)
+	$(PY) -m stn.evidence $(NAME) --runs $(RUNS)
+
 evidence-table1: $(STAMP)
-	$(PY) -m stn.train --multirun experiment=table1 $(EVIDENCE_STREAM) paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fixed_data data.redraw_train=false \
-	  $(EVIDENCE_STREAM) paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast --runs $(RUNS)/evidence_fixed_data --common \
-	  --title "Training distortions: one fixed stored set vs fresh draws every epoch (fast recipe)" \
-	  --out results/evidence/table1_data_stream.md
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_full data=mnist_tc,mnist_rts model=fcn \
-	  seed=0,1,2 $(RECIPE_ARGS_fast) data.fcn_pool=1 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_w128 data=mnist_tc,mnist_rts model=fcn \
-	  seed=0,1,2 $(RECIPE_ARGS_fast) data.fcn_pool=1 model.net.width=128 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_w256 data=mnist_tc,mnist_rts model=fcn \
-	  seed=0,1,2 $(RECIPE_ARGS_fast) data.fcn_pool=1 model.net.width=256 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_60k data=mnist_tc,mnist_rts model=fcn \
-	  seed=0 $(RECIPE_ARGS_fast) data.fcn_pool=1 budget.iterations=60000 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_fcn_pooled data=mnist_tc,mnist_rts model=fcn \
-	  seed=0,1,2 $(RECIPE_ARGS_fast) data.fcn_pool=2 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare --runs $(RUNS)/evidence_fcn_full --runs $(RUNS)/evidence_fcn_w128 \
-	  --runs $(RUNS)/evidence_fcn_w256 --runs $(RUNS)/evidence_fcn_60k --runs $(RUNS)/evidence_fcn_pooled --common \
-	  --title "The FCN on TC and RTS: training length (15k / 60k iterations) vs width (solved by the equal-parameter rule / 128 / 256) vs input (full / 2x-pooled)" \
-	  --out results/evidence/table1_fcn_length_width.md
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_p_corner2.5 data=mnist_p model=fcn seed=0 \
-	  $(RECIPE_ARGS_fast) data.distortion.corner_std_px=2.5 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_p_corner3.5 data=mnist_p \
-	  model=fcn,st_fcn_aff,st_fcn_proj,st_fcn_tps seed=0 $(RECIPE_ARGS_fast) data.distortion.corner_std_px=3.5 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_e_control2 data=mnist_e model=fcn seed=0 \
-	  $(RECIPE_ARGS_fast) data.distortion.control_std_px=2.0 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_e_control3 data=mnist_e model=fcn seed=0 \
-	  $(RECIPE_ARGS_fast) data.distortion.control_std_px=3.0 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_e_noscale data=mnist_e model=fcn seed=0 \
-	  $(RECIPE_ARGS_fast) 'data.distortion.scale=[1.0,1.0]' paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast/mnist_p --runs $(RUNS)/table1/fast-fast/mnist_e \
-	  $(foreach arm,p_corner2.5 p_corner3.5 e_control2 e_control3 e_noscale,--runs $(RUNS)/evidence_$(arm)) \
-	  --title "How hard are P and E? The error against the generators' distortion strength (fast recipe, seed 0)" \
-	  --note "$(PE_NOTE)" --out results/evidence/table1_pe_strength.md
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_val0 data=mnist_rts,mnist_r \
-	  model=st_fcn_aff,fcn seed=0 $(RECIPE_ARGS_fast) data.val_size=0 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_quarter data=mnist_rts,mnist_r \
-	  model=st_fcn_aff,fcn seed=0,1,2 $(RECIPE_ARGS_fast) budget.iterations=37500 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast/mnist_r --runs $(RUNS)/table1/fast-fast/mnist_rts \
-	  --runs $(RUNS)/evidence_val0 --runs $(RUNS)/evidence_quarter --common \
-	  --title "Closing the fast recipe's gap on R and RTS: all 60k training digits, or 1/4 of the paper's samples" \
-	  --note "$(GAPS_NOTE)" --out results/evidence/table1_fast_recipe_gaps.md
-	$(PY) -m stn.train --multirun experiment=table1 data=mnist_r model=fcn seed=0,1,2 $(RECIPE_ARGS_paper) \
-	  paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_momentum0 data=mnist_r model=fcn \
-	  seed=0,1,2 $(RECIPE_ARGS_paper) optim.optimizer.momentum=0 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare --runs $(RUNS)/table1/sgd_table1-paper/mnist_r/fcn --runs $(RUNS)/evidence_momentum0 --common \
-	  --title "Momentum 0 vs 0.9 at the paper's schedule (150k x 256, lr 0.01 x0.1 at 50k/100k, fresh data)" \
-	  --out results/evidence/table1_momentum.md
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_paper_budget data=mnist_rts,mnist_r \
-	  model=st_fcn_aff seed=0 $(RECIPE_ARGS_paper) paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_paper_budget data=mnist_rts model=fcn \
-	  seed=0 $(RECIPE_ARGS_paper) paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_paper_budget data=mnist_rts \
-	  model=st_fcn_aff seed=1,2 $(RECIPE_ARGS_paper) paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare $(foreach cell,$(BUDGET_CELLS),--runs $(RUNS)/table1/fast-fast/$(cell)) \
-	  --runs $(RUNS)/evidence_quarter \
-	  --runs $(RUNS)/table1/sgd_table1-paper/mnist_r/fcn --runs $(RUNS)/evidence_paper_budget \
-	  --title "Is the ST-FCN's gap the budget? The fast recipe (1/10, 1/4 of the samples) vs the paper's schedule (all of them)" \
-	  --note "$(BUDGET_NOTE)" --out results/evidence/table1_paper_budget.md
-	$(PY) -m stn.results compare $(foreach arm,table1/fast-fast evidence_quarter/fast-fast evidence_paper_budget/sgd_table1-paper,\
-	  --runs $(RUNS)/$(arm)/mnist_rts/st_fcn_aff) \
-	  --title "ST-FCN Aff on RTS: the paper's schedule over 3 seeds vs the fast recipe (paper 0.8%)" \
-	  --note "$(RTS_SEEDS_NOTE)" --out results/evidence/table1_paper_schedule_rts.md
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_cpu_bf16 data=mnist_r model=cnn seed=0 \
-	  $(RECIPE_ARGS_fast) cpu_precision=bf16 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_cpu_bf16 data=mnist_rts model=st_cnn_aff \
-	  seed=0 $(RECIPE_ARGS_fast) cpu_precision=bf16 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare --runs $(RUNS)/table1/fast-fast/mnist_r/cnn --runs $(RUNS)/table1/fast-fast/mnist_rts/st_cnn_aff \
-	  --runs $(RUNS)/evidence_cpu_bf16 --title "Training in bf16 on the CPU (cpu_precision=bf16) vs float32: the conv models, fast recipe" \
-	  --note "$(CPU_BF16_NOTE)" --out results/evidence/table1_cpu_bf16.md
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_loclr0.1 data=mnist_r,mnist_rts \
-	  model=st_fcn_aff seed=0,1,2 $(RECIPE_ARGS_fast) optim.loc_lr_mult=0.1 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_loclr3 data=mnist_r,mnist_rts \
-	  model=st_fcn_aff seed=0,1,2 $(RECIPE_ARGS_fast) optim.loc_lr_mult=3.0 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare $(foreach cell,mnist_r/st_fcn_aff mnist_rts/st_fcn_aff,--runs $(RUNS)/table1/fast-fast/$(cell)) \
-	  --runs $(RUNS)/evidence_loclr0.1 --runs $(RUNS)/evidence_loclr3 --common \
-	  --title "The loc net's learning rate (optim.loc_lr_mult: x0.1 / x1 / x3 the base lr), ST-FCN Aff, fast recipe" \
-	  --note "$(LOCLR_NOTE)" --out results/evidence/table1_loc_lr.md
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_width_fcn data=mnist_r model=st_fcn_aff \
-	  seed=0,1,2 $(RECIPE_ARGS_fast) model.net.width=208 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.train --multirun experiment=table1 experiment_name=evidence_width_fcn data=mnist_rts model=st_fcn_aff \
-	  seed=0,1,2 $(RECIPE_ARGS_fast) model.net.width=303 paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare $(foreach cell,mnist_r/st_fcn_aff mnist_rts/st_fcn_aff,--runs $(RUNS)/table1/fast-fast/$(cell)) \
-	  --runs $(RUNS)/evidence_width_fcn --common \
-	  --title "The ST-FCN's classifier width: solved by the equal-parameter rule vs as wide as the plain FCN's (ST-FCN Aff, fast recipe)" \
-	  --note "$(WIDTH_NOTE)" --out results/evidence/table1_st_width.md
-	$(PY) -m stn.results learned $(foreach cell,mnist_r/st_fcn_aff mnist_rts/st_fcn_aff,--runs $(RUNS)/table1/fast-fast/$(cell)) \
-	  --runs $(RUNS)/evidence_loclr0.1 --runs $(RUNS)/evidence_loclr3 --runs $(RUNS)/evidence_quarter \
-	  --runs $(RUNS)/evidence_paper_budget --runs $(RUNS)/evidence_width_fcn \
-	  --title "What the trained transformers undo: share of the test digits' rotation, scale and offset (python -m stn.results learned)" \
-	  --note "$(LEARNED_NOTE)" --out results/evidence/table1_st_learned.md
-	$(PY) -m stn.train --multirun experiment=table1 data=mnist_r,mnist_rts model=st_fcn_proj,st_fcn_tps seed=0,1,2 \
-	  $(RECIPE_ARGS_fast) paths.runs_dir=$(RUNS)
-	$(PY) -m stn.results compare $(foreach cell,$(ST_FCN_CELLS),--runs $(RUNS)/table1/fast-fast/$(cell)) \
-	  --title "The three ST-FCNs on R and RTS, 3 seeds each on one host (fast recipe)" \
-	  --note "$(ST_FCN_SEEDS_NOTE)" --out results/evidence/table1_st_fcn_seeds.md
-	$(PY) -m stn.results probe --data mnist_r mnist_rts --hidden 32,32,32 128,128,128 --seeds 0 1 2 --iterations 15000 \
-	  --title "Could the ST-FCN's loc net see the distortions? A supervised probe (python -m stn.results probe), test set" \
-	  --note "$(PROBE_NOTE)" --out results/evidence/table1_locnet_probe.md
+	set -e; $(foreach name,$(EVIDENCE_TABLE1),$(PY) -m stn.evidence $(name) --runs $(RUNS);)
 
 figures: $(STAMP)
 	$(PY) -m stn.figures table1 --runs $(RUNS)/table1/$(RECIPE_FOLDER_$(RECIPE)) --out results/figures/table1_transformations.png

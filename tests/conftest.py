@@ -1,4 +1,8 @@
-"""Shared fixtures: where the real data is, and the rule that CI never skips a real-data test."""
+"""Shared fixtures: where the real data is, the rule that CI never skips a real-data test, and synthetic data for
+the trainer's tests that run anywhere.
+
+A test that uses a real-data fixture (REAL_DATA_FIXTURES, directly or through another fixture) is marked real_data:
+`pytest -m "not real_data"` runs what a clone without ../shared/data can run."""
 
 from __future__ import annotations
 
@@ -43,6 +47,27 @@ def need_real_data(path: Path, what: str) -> Path:
     pytest.skip(message)
 
 
+REAL_DATA_FIXTURES = {"mnist_raw_root", "cub_sample", "svhn_sample"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_data)
+
+
+@pytest.fixture(scope="session")
+def cub_sample() -> Path:
+    """The CUB_200_2011 folder of the shared sample (shared/data/README.md: 5 classes, 5 train + 5 test images each)."""
+    return need_real_data(SHARED_DATA / "CUB_200_2011" / "images.txt", "the CUB-200-2011 sample").parent
+
+
+@pytest.fixture(scope="session")
+def svhn_sample() -> Path:
+    """The folder holding the shared SVHN sample's train/ test/ extra/ (each with digitStruct.mat and its images)."""
+    return need_real_data(SHARED_DATA / "SVHN" / "train" / "digitStruct.mat", "the SVHN format-1 sample").parents[1]
+
+
 @pytest.fixture(scope="session")
 def mnist_raw_root() -> Path:
     """The folder holding MNIST/raw/*.gz (torchvision's layout: pass it as MNIST(root=...))."""
@@ -56,3 +81,20 @@ def data_store(tmp_path_factory) -> Path:
     generated set's file name holds its config's hash, so a set several modules train on is generated and stored once
     (CI's disk is small). Tests that damage or interrupt a dataset use their own tmp_path."""
     return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def synthetic_overrides(tmp_path) -> list[str]:
+    """Overrides of a smoke run (20 iterations, batch 32) on synthetic 28x28 digits (tests/synthetic.py), with
+    fresh training noise every epoch, its runs in tmp_path: the trainer tested without any real data."""
+    return [
+        "data=mnist_r",
+        "data.name=synthetic",
+        "data.loader=synthetic",
+        "data.redraw_train=true",
+        "budget=smoke",
+        "logger=none",
+        "device=cpu",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+    ]

@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 from stn.models import count_parameters
 from stn.models.mnist import reference_parameters
 from stn.models.params import CONFIG_DIR, TABLE1_DATA, TABLE1_MODELS, params_table
-from stn.train import build_optimizer, check_budget
+from stn.optim import build_optimizer
+from stn.setup import check_budget
 
 BUDGETS = sorted(p.stem for p in (CONFIG_DIR / "budget").glob("*.yaml"))
 OPTIMS = sorted(p.stem for p in (CONFIG_DIR / "optim").glob("*.yaml"))

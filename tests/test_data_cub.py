@@ -11,7 +11,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, need_real_data
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
@@ -26,9 +25,8 @@ SAMPLE_CLASSES = 5  # shared/data/README.md: classes 001-005, 5 train + 5 test i
 
 
 @pytest.fixture(scope="module")
-def sample() -> Path:
-    need_real_data(SHARED_DATA / "CUB_200_2011" / "images.txt", "the CUB-200-2011 sample")
-    return SHARED_DATA / "CUB_200_2011"
+def sample(cub_sample) -> Path:
+    return cub_sample
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, need_real_data
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 from test_download import local_server
 
-from stn.data import svhn
+from stn.data import svhn, transforms
 from stn.data.download import DownloadError
 from stn.data.store import CorruptDatasetError, read_verified
 from stn.models.params import CONFIG_DIR
+from stn.tasks import sequence_correct
 
 # shared/data/README.md: the first three images of each split and their sequences.
 KNOWN = {
@@ -39,10 +39,9 @@ def sequence(labels) -> str:
 
 
 @pytest.fixture(scope="module")
-def sample() -> Path:
+def sample(svhn_sample) -> Path:
     """The folder holding the sample's train/ test/ extra/ (each with digitStruct.mat and 1.png-3.png)."""
-    need_real_data(SHARED_DATA / "SVHN" / "train" / "digitStruct.mat", "the SVHN format-1 sample")
-    return SHARED_DATA / "SVHN"
+    return svhn_sample
 
 
 def data_cfg(name: str, root: Path, source: Path | None, **changes: object) -> dict:
@@ -80,7 +79,7 @@ def test_the_parse_in_ranges_and_processes_gives_the_same_records(sample):
     mat = str(sample / "extra" / "digitStruct.mat")
     whole = svhn.parse_digit_struct(mat)
     jobs = [(mat, start, start + 7) for start in range(0, 40, 7)]  # 6 ranges, in 2 processes
-    assert [r for part in svhn.map_images(svhn._parse_range, jobs, 2, "parse", False, 4) for r in part] == whole
+    assert [r for part in transforms.map_images(svhn._parse_range, jobs, 2, "parse", False, 4) for r in part] == whole
 
 
 def test_the_parse_is_cached_once_under_the_files_sha256(sample, tmp_path, monkeypatch):
@@ -239,7 +238,7 @@ def test_long_sequences_are_dropped_from_training_and_counted(sample, tmp_path, 
     assert "2 sequences longer than 2 digits dropped from training" in caplog.text
     assert splits.meta["longer_than_max_digits"] == {"train": 0, "extra": 2, "test": 1}
     assert splits.test_len.tolist() == [1, 3, 1]  # test keeps "210": its true length, counted wrong
-    assert svhn.sequence_correct(splits.test_y, splits.test_y, splits.test_len).tolist() == [True, False, True]
+    assert sequence_correct(splits.test_y, splits.test_y, splits.test_len).tolist() == [True, False, True]
 
 
 def test_configs_compose_with_hydra(tmp_path):
@@ -258,30 +257,30 @@ def test_configs_compose_with_hydra(tmp_path):
 
 def test_random_crops_draw_a_position_per_sample_inside_the_image():
     images = torch.randint(0, 256, (32, 3, 64, 64), dtype=torch.uint8)
-    crops, params = svhn.random_crops(images, 54, torch.Generator().manual_seed(0), return_params=True)
+    crops, params = transforms.random_crops(images, 54, torch.Generator().manual_seed(0), return_params=True)
     assert crops.shape == (32, 3, 54, 54) and crops.dtype == torch.uint8
     assert 0 <= params.top.min() and params.top.max() <= 10 and 0 <= params.left.min() and params.left.max() <= 10
     assert len(set(zip(params.top.tolist(), params.left.tolist(), strict=True))) > 16  # per-sample positions
     for i in range(32):
         t, left = int(params.top[i]), int(params.left[i])
         assert torch.equal(crops[i], images[i, :, t : t + 54, left : left + 54])
-    again = svhn.random_crops(images, 54, torch.Generator().manual_seed(0))
+    again = transforms.random_crops(images, 54, torch.Generator().manual_seed(0))
     assert torch.equal(again, crops)  # the generator decides everything
     assert not params.flip.any()
 
 
 def test_centre_crops_are_exact():
     images = torch.randint(0, 256, (4, 3, 128, 128), dtype=torch.uint8)
-    assert torch.equal(svhn.center_crop(images, 110), images[:, :, 9:119, 9:119])
-    assert torch.equal(svhn.center_crop(images[:, :, :64, :64], 54), images[:, :, 5:59, 5:59])
+    assert torch.equal(transforms.center_crop(images, 110), images[:, :, 9:119, 9:119])
+    assert torch.equal(transforms.center_crop(images[:, :, :64, :64], 54), images[:, :, 5:59, 5:59])
     with pytest.raises(ValueError, match="larger than the images"):
-        svhn.random_crops(images, 129)
+        transforms.random_crops(images, 129)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_random_crops_run_on_the_images_device():
     images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device="cuda")
-    crops = svhn.random_crops(images, 54, torch.Generator(device="cuda").manual_seed(0))
+    crops = transforms.random_crops(images, 54, torch.Generator(device="cuda").manual_seed(0))
     assert crops.device == images.device and crops.shape == (8, 3, 54, 54)
 
 

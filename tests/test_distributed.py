@@ -1,5 +1,5 @@
 """Data-parallel training (torchrun + DDP, gloo on the CPU): two processes on shards of each global batch train the
-same model as one process on the whole batch."""
+same model as one process on the whole batch (on synthetic digits, anywhere; on the real CUB sample)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import SHARED_DATA, need_real_data
 from cub_runs import compose_train, register_small_backbone, small_run_overrides
 
 from stn.checkpoint import load_checkpoint, read_result
@@ -51,8 +50,23 @@ def _rank(rank: int, world_size: int, port: int, overrides: list[str]) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_train_exactly_as_one_process_on_the_same_global_batch(tmp_path):
-    sample = need_real_data(SHARED_DATA / "CUB_200_2011" / "images.txt", "the CUB-200-2011 sample").parent
+def train_in_one_and_two_processes(single: list[str], double: list[str]) -> tuple[dict, dict, dict]:
+    """Train `single` in this process and `double` in two gloo processes (each on its shard of every global batch);
+    check that both end with the same weights; return both results and the weights."""
+    one = train(compose_train(single))
+    mp.spawn(_rank, args=(2, _free_port(), double), nprocs=2, join=True)
+    two = read_result(Path(compose_train(double).run_dir))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    state_one = load_checkpoint(Path(compose_train(single).run_dir))["model"]
+    state_two = load_checkpoint(Path(compose_train(double).run_dir))["model"]
+    assert state_one.keys() == state_two.keys()
+    for key, value in state_one.items():
+        assert torch.allclose(value, state_two[key], rtol=1e-5, atol=1e-6), key
+    return one, two, state_one
+
+
+def test_two_gloo_processes_train_as_one_on_the_cub_sample(cub_sample, tmp_path):
+    sample = cub_sample
     register_small_backbone()
 
     def overrides(runs: str) -> list[str]:
@@ -65,18 +79,19 @@ def test_two_gloo_processes_train_exactly_as_one_process_on_the_same_global_batc
             "optim.optimizer.lr=0.01",
         ]
 
-    single, double = compose_train(overrides("single")), overrides("double")
-    load_splits(single.data)  # store the data once, before the processes start
-    one = train(single)
-    mp.spawn(_rank, args=(2, _free_port(), double), nprocs=2, join=True)
-    two = read_result(Path(compose_train(double).run_dir))
-    assert (one["processes"], two["processes"]) == (1, 2) and two["iterations"] == 3
-    assert two["test_accuracy"] == one["test_accuracy"]
-    state_one = load_checkpoint(Path(single.run_dir))["model"]
-    state_two = load_checkpoint(Path(compose_train(double).run_dir))["model"]
-    assert state_one.keys() == state_two.keys()
-    for key, value in state_one.items():
-        assert torch.allclose(value, state_two[key], rtol=1e-5, atol=1e-6), key
+    single, double = overrides("single"), overrides("double")
+    load_splits(compose_train(single).data)  # store the data once, before the processes start
+    one, two, state_one = train_in_one_and_two_processes(single, double)
+    assert two["iterations"] == 3 and two["test_accuracy"] == one["test_accuracy"]
     # ... and the models did train (the loc net too, at its 1e-4 lr): not the equality of two untouched models
     assert not torch.equal(state_one["transformers.0.regressor.bias"], torch.tensor([-0.5, 0.0]))
     assert not torch.equal(state_one["classifier.bias"], torch.zeros(200))
+
+
+def test_two_gloo_processes_train_as_one_on_synthetic_digits(synthetic_overrides, tmp_path):
+    # The ST-FCN has no dropout and no batch norm: nothing random differs between one process and two.
+    run = [*synthetic_overrides[:-1], "model=st_fcn_aff", "budget.iterations=4", "budget.eval_every=4"]
+    one, two, _ = train_in_one_and_two_processes(
+        [*run, f"paths.runs_dir={tmp_path / 'one'}"], [*run, f"paths.runs_dir={tmp_path / 'two'}"]
+    )
+    assert two["iterations"] == 4 and (two["test_error"], two["val_history"]) == (one["test_error"], one["val_history"])

@@ -11,27 +11,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from stn.gpu_check import (
-    PLANS,
-    Context,
-    aggregate,
-    best_mode,
-    compose_run,
-    fill_mode,
-    gpu_slug,
-    ips_table,
-    make_plan,
-    parse_args,
-    projection,
-    render_markdown,
-    save,
-    section_budget,
-    short_budget,
-    table1_grid,
-    train_command,
-)
+from stn.gpu_check.cli import parse_args
+from stn.gpu_check.plan import PLANS, gpu_slug, make_plan, section_budget, table1_grid
+from stn.gpu_check.processes import Context
+from stn.gpu_check.projection import fill_mode, ips_table, projection
+from stn.gpu_check.report import render_markdown, save
+from stn.gpu_check.sections import aggregate, best_mode, short_budget, train_command
+from stn.gpu_check.workers import compose_run
 from stn.models.params import CONFIG_DIR
-from stn.train import autocast, device_precision, train, use_precision
+from stn.precision import autocast, device_precision, use_precision
+from stn.train import train
 
 COLUMNS, MODELS = ["mnist_r", "mnist_rts"], ["cnn", "st_cnn_aff"]
 

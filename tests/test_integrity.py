@@ -29,7 +29,8 @@ from stn.data.store import PROVENANCE, CorruptDatasetError, read_verified
 from stn.data.store import write_atomic as store_write
 from stn.models.params import CONFIG_DIR
 from stn.results.cli import main as results_main
-from stn.results.runs import load_local_results, record_failure, run_sweep_job
+from stn.results.runs import load_local_results
+from stn.run_folder import record_failure, run_sweep_job
 from stn.sweep import SweepCallback
 from stn.train import train
 from stn.validation import check_config

@@ -10,12 +10,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import Tensor, nn
 
+from stn.analysis.learned import affine_fit, read_transformer, slope
 from stn.data import load_splits
 from stn.data.dataset import DataConfig, read_dataset
 from stn.data.distortions import similarity_theta
 from stn.models.mnist import Table1Net
 from stn.results.cli import main as results_main
-from stn.results.learned import affine_fit, read_transformer, slope
 from stn.train import train
 from stn.transformers import AffineTransform, SpatialTransformer, make_transform
 

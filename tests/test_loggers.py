@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from stn.data.mnist import load_mnist
 from stn.figures import images_to_inputs
 from stn.loggers import NoLogger, build_logger, localisation_stats, theta_stats
-from stn.results import offline_wandb_runs, record_failure
+from stn.results import offline_wandb_runs
+from stn.run_folder import record_failure
 
 
 def compose_train(overrides: list[str]):
@@ -103,7 +104,7 @@ def test_a_crashed_job_leaves_its_wandb_run_marked_failed(tmp_path, monkeypatch)
     cfg = compose_train(["data=mnist_p", "model=cnn", "logger=wandb"])
     logger = build_logger(cfg, tmp_path)
     logger.log_metrics({"train/loss": 2.0}, step=5)
-    record_failure(tmp_path, cfg, RuntimeError("CUDA out of memory"))  # what stn.results.run_sweep_job does
+    record_failure(tmp_path, cfg, RuntimeError("CUDA out of memory"))  # what stn.run_folder.run_sweep_job does
     (run,) = offline_wandb_runs(tmp_path)
     assert run.run_id == logger.run_id and run.history[0]["train/loss"] == 2.0
     assert run.summary["status"] == "failed" and run.summary["error"] == "RuntimeError: CUDA out of memory"

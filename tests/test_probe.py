@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from stn.analysis.probe import compose_cfg, probe, target_matrix
 from stn.results.cli import main as results_main
-from stn.results.probe import compose_cfg, probe, target_matrix
 
 
 def test_targets_keep_only_the_varying_parameters_and_split_offsets_per_axis():

@@ -23,16 +23,15 @@ from stn.results import (
     format_ours,
     load_paper_table,
     load_results,
-    main,
     params_label,
-    record_failure,
     render_comparison,
     render_csv,
     render_latex,
     render_markdown,
-    run_sweep_job,
 )
+from stn.results.cli import main
 from stn.results.recipes import recipe_of
+from stn.run_folder import record_failure, run_sweep_job
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "table1.csv"
 

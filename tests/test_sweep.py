@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from stn.checkpoint import write_result
 from stn.figures import main as figures_main
 from stn.figures import table1_figure
-from stn.results import main as results_main
+from stn.results.cli import main as results_main
 from stn.sweep import SweepCallback
 
 DATASETS, MODELS = ("mnist_r", "mnist_rts"), ("fcn", "st_cnn_aff")

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, need_real_data
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -18,11 +17,13 @@ from stn.data import svhn
 from stn.figures import draw_transformations, transformation_samples, transformer_calls
 from stn.models import count_parameters
 from stn.models.params import CONFIG_DIR
+from stn.optim import build_optimizer
+from stn.precision import to_input
 from stn.results.cli import main as results_main
 from stn.results.specs import TABLE2
 from stn.results.tables import build_table, load_paper_table, render_markdown
 from stn.tasks import SequenceClassification
-from stn.train import build_optimizer, to_input
+from stn.train import train
 from stn.transformers import SpatialTransformer
 
 PAPER_COLUMNS, PAPER = load_paper_table(CONFIG_DIR.parent / TABLE2.paper_csv)
@@ -88,9 +89,9 @@ def test_multis_feature_map_transformers_read_the_maps_before_dropout(reading):
 
 
 @pytest.fixture(scope="module")
-def svhn_crops(tmp_path_factory) -> dict[str, torch.Tensor]:
+def svhn_crops(svhn_sample, tmp_path_factory) -> dict[str, torch.Tensor]:
     """The real SVHN sample's test images as the models see them (centre crops), per data config."""
-    source = need_real_data(SHARED_DATA / "SVHN" / "test" / "digitStruct.mat", "the SVHN format-1 sample").parents[1]
+    source = svhn_sample
     root = tmp_path_factory.mktemp("svhn")
     crops = {}
     for name in ("svhn64", "svhn128"):
@@ -193,3 +194,36 @@ def test_the_figure_draws_multis_feature_map_transformers_on_the_input(svhn_crop
     labels = [axis.get_xlabel() for axis in figure.subfigs[0].axes[-9:]]
     assert labels == ["(a) input", "(b) grid 1", "(c) output 1", "(b) grid 2", "(c) input via 1-2", "(b) grid 3",
                       "(c) input via 1-3", "(b) grid 4", "(c) input via 1-4"]  # fmt: skip
+
+
+def test_a_short_training_on_the_real_svhn_sample_finishes_with_a_sequence_error(svhn_sample, tmp_path):
+    """train() end to end on the real SVHN sample: stored crops, random crops per batch, the five-head task, the
+    result record. The ST-CNN Single's structure, narrowed so that a few steps take seconds on the CPU."""
+    cfg = compose_train(
+        "data=svhn64",
+        "model=svhn_st_single",
+        "budget=smoke",
+        "logger=none",
+        "device=cpu",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        f"data.svhn_source={svhn_sample}",
+        "data.workers=1",
+        "data.val_size=2",
+        "model.net.channels=[8,8,8,8,8,8,8,8]",
+        "model.net.fc=[32]",
+        "budget.batch_size=2",
+        "budget.iterations=4",
+        "budget.eval_every=2",
+        "budget.checkpoint_every=4",
+        "budget.log_every=2",
+    )
+    result = train(cfg)
+    assert (result["status"], result["data"], result["model"], result["metric"]) == (
+        "finished",
+        "svhn64",
+        "st_cnn_single",
+        "error",
+    )
+    assert result["iterations"] == 4 and result["val_examples"] == 2 and 0 <= result["test_error"] <= 100
+    assert result["data_meta"]["crop_size"] == 54

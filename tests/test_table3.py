@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, need_real_data
 from cub_runs import compose_train, register_small_backbone, small_run_overrides
 from hydra.utils import instantiate
 
@@ -22,8 +21,9 @@ from stn.figures import main as figures_main
 from stn.models import count_parameters
 from stn.models.backbones import BackboneWeightsError, BNInception, build_backbone
 from stn.models.cub import CubNet, tile_translations
+from stn.optim import build_optimizer
 from stn.results.cli import main as results_main
-from stn.train import build_optimizer, train
+from stn.train import train
 from stn.transformers import SpatialTransformer
 
 ROWS = {  # Table 3 row -> the configs/table3/<row>.yaml choices it stands for
@@ -186,8 +186,8 @@ def test_the_torchvision_backbones_serve_the_table3_models(backbone, channels):
 
 
 @pytest.fixture(scope="module")
-def sample() -> Path:
-    return need_real_data(SHARED_DATA / "CUB_200_2011" / "images.txt", "the CUB-200-2011 sample").parent
+def sample(cub_sample) -> Path:
+    return cub_sample
 
 
 def test_learning_check_a_small_2st_model_fits_the_sample_far_above_chance(sample, tmp_path_factory):

@@ -1,4 +1,5 @@
-"""The trainer on real RTS MNIST: result files, exact resume after kill -9, NaN handling, clear config errors."""
+"""The trainer on real RTS MNIST: result files, exact resume after kill -9, clear config errors (the NaN guard and
+the rest of the trainer on synthetic data: test_trainer.py)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,19 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-import stn.train
+import stn.setup
 from stn.checkpoint import load_checkpoint, load_model
-from stn.data import load_splits
+from stn.data import Splits, load_splits
 from stn.data.dataset import DataConfig, Redraw
 from stn.data.mnist import load_mnist
-from stn.data.svhn import center_crop, random_crops
+from stn.data.transforms import center_crop, random_crops
+from stn.evaluation import evaluate
 from stn.models import count_parameters
 from stn.models.params import CONFIG_DIR
 from stn.runtime import PORTABLE_CPU_ENV
+from stn.stream import epoch_batches
 from stn.tasks import Classification
-from stn.train import epoch_batches, evaluate, train
+from stn.train import train
 
 RESULT_KEYS = {
     "experiment",
@@ -112,10 +115,14 @@ def test_smoke_training_writes_a_valid_result_and_a_rerun_is_a_no_op(overrides):
 
 @pytest.mark.slow
 def test_resume_after_kill_9_reproduces_the_uninterrupted_run_exactly(overrides, tmp_path):
+    # The shipped recipe: experiment=table1 (its sweep narrowed to one job), fresh training distortions every epoch
+    # (62 batches of the 2000 digits: the run crosses one redraw after the kill).
     run = [
         *overrides[:-1],
+        "experiment=table1",
         "model=st_cnn_aff",
-        "budget.iterations=200",
+        "seed=0",
+        "budget.iterations=100",
         "budget.checkpoint_every=10",
         "budget.eval_every=50",
         "budget.log_every=10",
@@ -140,8 +147,9 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run_exactly(overrides,
     process.send_signal(signal.SIGKILL)
     process.wait()
     process.stderr.close()
+    assert config(*killed).data.redraw_train
     killed_at = load_checkpoint(run_dir)["iteration"]
-    assert 10 <= killed_at < 200 and not (run_dir / "result.json").exists()
+    assert 10 <= killed_at < 100 and not (run_dir / "result.json").exists()
 
     resumed = train(config(*killed))
     for key in ("test_error", "val_error", "val_history", "params", "iterations"):
@@ -150,21 +158,6 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run_exactly(overrides,
     final_b = load_checkpoint(run_dir)
     for name, tensor in final_a["model"].items():
         assert torch.equal(tensor, final_b["model"][name]), name
-
-
-def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(overrides):
-    # A real divergence: the learning rate jumps x1e8 after iteration 20 (lr_gamma > 1 is allowed on purpose).
-    cfg = config(*overrides, "model=fcn", "budget.iterations=40", "optim.lr_milestones=[0.5]", "optim.lr_gamma=1e8")
-    with pytest.raises(FloatingPointError, match=r"non-finite .* last good checkpoint \(iteration 20\)"):
-        train(cfg)
-    state = load_checkpoint(Path(cfg.run_dir))
-    assert state["iteration"] == 20
-    assert all(torch.isfinite(tensor).all() for tensor in state["model"].values())
-    failure = json.loads((Path(cfg.run_dir) / "result.json").read_text())
-    assert failure["status"] == "failed" and "non-finite" in failure["error"] and failure["test_error"] is None
-    # Rerunning retries from that checkpoint (a failed record does not block it) and fails the same way.
-    with pytest.raises(FloatingPointError, match=r"iterations 21\.\.25; the last good checkpoint \(iteration 20\)"):
-        train(cfg)
 
 
 def test_mismatched_input_shape_and_oversized_batch_give_clear_errors(overrides):
@@ -223,7 +216,7 @@ def test_short_rts_training_learns(overrides):
 
 def test_a_damaged_checkpoint_fails_the_run_clearly_and_deleting_it_restarts_the_run(overrides):
     from stn.checkpoint import DamagedFileError
-    from stn.results import run_sweep_job
+    from stn.run_folder import run_sweep_job
 
     cfg = config(*overrides, "model=fcn")
     run_dir = Path(cfg.run_dir)
@@ -239,11 +232,11 @@ def test_a_damaged_checkpoint_fails_the_run_clearly_and_deleting_it_restarts_the
     assert result["status"] == "finished" and result["iterations"] == 20
 
 
-class AugmentedSplits:
+class AugmentedSplits(Splits):
     """Splits with per-batch hooks (as SVHN's and CUB's): stored 32x32 images, the model sees 28x28 crops."""
 
     def __init__(self, splits) -> None:
-        self.meta, self.redraw = {}, None
+        self.meta = {}
         self.images = {name: F.pad(splits.split(name)[0][:64], (2, 2, 2, 2)) for name in ("train", "val", "test")}
         self.labels = {name: splits.split(name)[1][:64] for name in ("train", "val", "test")}
         self.train_calls: list[tuple[int, torch.Generator]] = []
@@ -266,7 +259,7 @@ def test_the_trainer_augments_each_batch_with_a_device_generator_and_evaluates_t
 ):
     cfg = config(*overrides, "data=mnist_r", "model=fcn")
     fake = AugmentedSplits(load_splits(cfg.data))
-    monkeypatch.setattr(stn.train, "load_splits", lambda data_cfg: fake)
+    monkeypatch.setattr(stn.setup, "load_splits", lambda data_cfg: fake)
     result = train(cfg)  # the model is built for 28x28: the input-shape check sees the eval transform's crops
     assert result["status"] == "finished" and result["metric"] == "error" and 0 <= result["test_error"] <= 100
     assert len(fake.train_calls) == 20 and all(size == 32 for size, _ in fake.train_calls)

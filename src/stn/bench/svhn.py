@@ -31,10 +31,10 @@ from torch import Tensor, nn
 from stn.bench import save_report
 from stn.models import count_parameters
 from stn.models.params import CONFIG_DIR
+from stn.precision import autocast, wants_channels_last
 from stn.runinfo import environment
 from stn.runtime import pick_device
 from stn.tasks import SequenceClassification
-from stn.train import autocast, wants_channels_last
 
 MODELS = ("svhn_cnn", "svhn_st_single", "svhn_st_multi")
 DATA = ("svhn64", "svhn128")

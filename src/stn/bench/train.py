@@ -27,9 +27,11 @@ from hydra.utils import instantiate
 
 from stn.bench import save_report
 from stn.models.params import CONFIG_DIR
+from stn.optim import build_optimizer, train_step
+from stn.precision import PRECISIONS, use_precision, wants_channels_last
 from stn.runinfo import environment
 from stn.runtime import pick_device, seed_everything
-from stn.train import PRECISIONS, build_optimizer, epoch_batches, train_step, use_precision, wants_channels_last
+from stn.stream import epoch_batches
 
 COLUMNS = ("mnist_r", "mnist_rts")
 MODELS = ("fcn", "cnn", "st_fcn_aff", "st_fcn_tps", "st_cnn_aff", "st_cnn_tps")

@@ -18,8 +18,6 @@ max_aspect - 1 of the shorter side, where padding both ways (a square canvas) wo
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -29,16 +27,24 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor
 
 import stn
-from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import Remote, extract_tar, fetch_and_extract, refuse_partial_folder, verify_file
+from stn.data.photo_sets import (
+    PhotoSetConfig,
+    config_values,
+    open_rgb,
+    source_folder,
+    validation_order,
+    warn_if_incomplete,
+    write_stored,
+)
 from stn.data.splits import LabelledSplits, split_tensors
-from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
-from stn.data.svhn import RESAMPLE, CropParams, apply_crops, default_workers, map_images
+from stn.data.store import ensure_stored, read_matching, stored_meta
+from stn.data.transforms import RESAMPLE, CropParams, apply_crops, default_workers, map_images
 
 log = logging.getLogger(__name__)
 
@@ -141,63 +147,34 @@ def read_metadata(folder: str | os.PathLike) -> CubMetadata:
 # ---------------------------------------------------------------- config and raw data
 
 
-@dataclass(frozen=True)
-class CubConfig:
+@dataclass(frozen=True, kw_only=True)
+class CubConfig(PhotoSetConfig):
     """A validated configs/data/cub*.yaml."""
 
-    name: str
-    root: Path
+    STORE = "cub_resized"
     cub_source: Path | None
     download_urls: tuple[str, ...]
-    image_size: int
-    crop_size: int
     max_aspect: float
     num_classes: int
-    resample: str
     flip: bool
     allow_missing: bool
-    val_size: int
-    seed: int
-    workers: int | None = None
-    timeout: float = 60.0
 
     @classmethod
     def from_cfg(cls, data_cfg: DictConfig | Mapping) -> CubConfig:
-        values = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
-        missing = [key for key in REQUIRED_KEYS if values.get(key) is None]
-        if missing:
-            raise ValueError(f"CUB data config lacks {missing} (see configs/data/cub224.yaml for the schema)")
-        image_size, crop_size = int(values["image_size"]), int(values["crop_size"])
-        if not 0 < crop_size <= image_size:
-            raise ValueError(f"data.crop_size must be in (0, image_size={image_size}], got {crop_size}")
+        values = config_values(data_cfg, REQUIRED_KEYS, "CUB", "configs/data/cub224.yaml")
+        image_size = values["common"]["image_size"]
         max_aspect = float(values.get("max_aspect", 2.0))
         if not 1 <= max_aspect <= 255 * 256 / image_size:  # the longer side must fit two bytes (see the layout)
             raise ValueError(f"data.max_aspect must be a ratio >= 1 (longer / shorter side), got {max_aspect}")
-        resample = values.get("interpolation", "bilinear")
-        if resample not in RESAMPLE:
-            raise ValueError(f"data.interpolation must be one of {tuple(RESAMPLE)}, got {resample!r}")
-        seed, val_size = int(values["seed"]), int(values["val_size"])
-        if seed < 0 or val_size < 0:
-            raise ValueError(f"data.seed and data.val_size must be non-negative, got {seed} and {val_size}")
-        source = values.get("cub_source")
         urls = values.get("download_urls") or CUB_ARCHIVE.urls
-        workers = values.get("workers")
         return cls(
-            name=str(values["name"]),
-            root=Path(values["root"]),
-            cub_source=None if source in (None, "") else Path(source),
+            **values["common"],
+            cub_source=source_folder(values.get("cub_source")),
             download_urls=tuple(str(u) for u in ([urls] if isinstance(urls, str) else urls)),
-            image_size=image_size,
-            crop_size=crop_size,
             max_aspect=max_aspect,
             num_classes=int(values["num_classes"]),
-            resample=resample,
             flip=bool(values.get("flip", True)),
             allow_missing=bool(values.get("allow_missing", True)),
-            val_size=val_size,
-            seed=seed,
-            workers=None if workers is None else int(workers),
-            timeout=float(values.get("download_timeout", 60.0)),
         )
 
     def generation(self) -> dict:
@@ -216,12 +193,6 @@ class CubConfig:
     def max_side(self) -> int:
         """The longest longer side stored (a longer one keeps its centre)."""
         return int(self.image_size * self.max_aspect)
-
-    @property
-    def path(self) -> Path:
-        """root/cub_resized/<name>_seed<seed>_<hash of the generation params>.h5"""
-        blob = json.dumps(self.generation(), sort_keys=True).encode()
-        return self.root / "cub_resized" / f"{self.name}_seed{self.seed}_{hashlib.sha256(blob).hexdigest()[:8]}.h5"
 
 
 def _source_hint() -> str:
@@ -329,8 +300,7 @@ class _ResizeJob(NamedTuple):
 
 
 def _resize_job(job: _ResizeJob) -> tuple[np.ndarray, tuple[int, int], bool]:
-    with Image.open(job.path) as image:
-        rgb = image.convert("RGB")  # a few CUB images are greyscale
+    rgb = open_rgb(job.path)
     canvas, cut = to_canvas(resize_shorter(rgb, job.size, job.resample), job.max_side)
     return canvas, rgb.size, cut
 
@@ -345,8 +315,7 @@ def build_dataset(cfg: CubConfig, progress: bool = True) -> Path:
     train_all = np.flatnonzero(present & metadata.is_train)
     if cfg.val_size >= len(train_all):
         raise ValueError(f"data.val_size={cfg.val_size} leaves no training images (only {len(train_all)} present)")
-    generator = torch.Generator().manual_seed(derived_seed(cfg.seed, STREAMS["val_split"]))
-    order = torch.randperm(len(train_all), generator=generator).numpy()
+    order = validation_order(cfg.seed, len(train_all)).numpy()
     parts = {
         "train": np.sort(train_all[order[cfg.val_size :]]),
         "val": np.sort(train_all[order[: cfg.val_size]]),
@@ -387,9 +356,7 @@ def build_dataset(cfg: CubConfig, progress: bool = True) -> Path:
         "longer_side_cut": cut,  # images more elongated than max_aspect: their longer side keeps its centre
         "stn_version": stn.__version__,
     }
-    write_atomic(cfg.path, arrays, attrs)
-    log.info("CUB %s: stored %s (%s)", cfg.name, cfg.path, attrs["sizes"])
-    return cfg.path
+    return write_stored(cfg, arrays, attrs, "CUB")
 
 
 def ensure_dataset(cfg: CubConfig, progress: bool = True) -> Path:
@@ -452,6 +419,9 @@ def center_crops(images: Tensor, size: int) -> Tensor:
     return whole_image_crops(images, size, center=True)
 
 
+# ---------------------------------------------------------------- what the trainer consumes
+
+
 @dataclass
 class CubSplits(LabelledSplits):
     """uint8 images [N, 3, S, max_side + 1] (CPU; S = image_size; whole images, see the module's layout) and int64
@@ -461,7 +431,6 @@ class CubSplits(LabelledSplits):
     crop_size: int
     flip: bool
     meta: dict
-    redraw: None = None  # the trainer's hook for re-drawn data; CUB augments with train_transform instead
 
     def train_transform(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Random crop_size crops (+ per-image random flips), on the images' device."""
@@ -483,13 +452,7 @@ def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> CubSpl
     path = ensure_dataset(cfg, progress)
     arrays, attrs = read_matching(cfg)
     missing = {split: count for split, count in attrs["source"]["missing"].items() if count}
-    if missing:
-        log.warning(
-            "%s was built without %s images listed in the CUB metadata (per split): fine for tests, not for "
-            "Table 3. Delete it and run again with the complete data.",
-            path,
-            missing,
-        )
+    warn_if_incomplete(path, "CUB", missing, "images missing", "Table 3")
     meta = stored_meta(
         cfg,
         attrs,

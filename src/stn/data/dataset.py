@@ -108,10 +108,10 @@ class MnistSplits(LabelledSplits):
     """Images (uint8 [N, 1, S, S], CPU) and int64 labels of the three splits (stn.data.splits.Splits)."""
 
     num_classes: int
+    meta: dict
     # redraw(epoch_seed, device) -> fresh uint8 train images [N_train, 1, S, S] on `device`, same digit order as
     # train_y; None unless data_cfg.redraw_train is true.
-    redraw: Callable[[int, torch.device], Tensor] | None
-    meta: dict
+    redraw: Callable[[int, torch.device], Tensor] | None = None
 
 
 def train_val_indices(cfg: DataConfig) -> tuple[Tensor, Tensor]:

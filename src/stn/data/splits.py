@@ -5,11 +5,12 @@ A data config names its module in `loader:` (configs/data/*.yaml); that module p
     prepare(data_cfg) -> None       build (or find) the stored set once, e.g. before a sweep's jobs
     load_splits(data_cfg) -> Splits
 
-and a Splits object gives, per split "train" / "val" / "test", uint8 images [N, C, H, W] on the CPU and their
-targets (what the data config's `task:` scores: a label tensor, or a tuple of per-example tensors). Two optional
-hooks augment on the device: `redraw(epoch_seed, device)` returns fresh training images each epoch (same examples,
-same order), and `train_transform(images, generator)` / `eval_transform(images)` map each batch (random crops and
-flips drawn from `generator`, the centre crop at evaluation) to what the model sees.
+and a Splits object (a subclass of Splits below) gives, per split "train" / "val" / "test", uint8 images
+[N, C, H, W] on the CPU and their targets (what the data config's `task:` scores: a label tensor, or a tuple of
+per-example tensors). Its optional hooks, declared on Splits with do-nothing defaults, augment on the device:
+`redraw(epoch_seed, device)` returns fresh training images each epoch (same examples, same order), and
+`train_transform(images, generator)` / `eval_transform(images)` map each batch (random crops and flips drawn from
+`generator`, the centre crop at evaluation) to what the model sees.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -30,15 +31,28 @@ from stn.atomic import folder_lock
 SPLIT_NAMES = ("train", "val", "test")
 
 
-class Splits(Protocol):
-    meta: dict  # what the result file records about the data (path, checksum, sizes ...)
-    redraw: Callable[[int, torch.device], Tensor] | None
+class Splits:
+    """What a dataset module's load_splits returns; subclasses provide `split` and `meta`, and override the hooks
+    they need."""
 
-    def split(self, name: str) -> tuple[Tensor, Any]: ...
+    meta: dict  # what the result file records about the data (path, checksum, sizes ...)
+    # fresh uint8 training images for each epoch after the first, or None: every epoch trains on the stored set
+    redraw: Callable[[int, torch.device], Tensor] | None = None
+
+    def split(self, name: str) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def train_transform(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """A training batch as the model sees it (random draws from `generator` only): the stored images."""
+        return images
+
+    def eval_transform(self, images: Tensor) -> Tensor:
+        """An evaluation batch as the model sees it: the stored images."""
+        return images
 
 
 @dataclass
-class LabelledSplits:
+class LabelledSplits(Splits):
     """Datasets whose targets are one label tensor: images <split>_x and labels <split>_y (subclasses add the
     rest of Splits)."""
 

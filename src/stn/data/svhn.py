@@ -12,29 +12,23 @@ Splits: train = train + extra minus a seeded validation set; test = every test i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import h5py
 import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from torch import Tensor
-from tqdm import tqdm
 
 import stn
 from stn.atomic import write_atomic as write_text_atomic
-from stn.data.dataset import STREAMS, derived_seed
 from stn.data.download import (
     Remote,
     extract_tar,
@@ -44,8 +38,18 @@ from stn.data.download import (
     urls_under,
     verify_file,
 )
-from stn.data.splits import SPLIT_NAMES, split_tensors
-from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
+from stn.data.photo_sets import (
+    PhotoSetConfig,
+    config_values,
+    open_rgb,
+    source_folder,
+    validation_order,
+    warn_if_incomplete,
+    write_stored,
+)
+from stn.data.splits import SPLIT_NAMES, Splits, split_tensors
+from stn.data.store import ensure_stored, read_matching, stored_meta
+from stn.data.transforms import RESAMPLE, CropAugmented, default_workers, map_images
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +69,6 @@ SVHN_ARCHIVES: dict[str, tuple[int, str]] = {
 }
 OFFICIAL_COUNTS = {"train": 33402, "extra": 202353, "test": 13068}  # images per split (same source)
 BORDERS = ("clip", "pad")
-RESAMPLE = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-}
 REQUIRED_KEYS = ("name", "root", "image_size", "crop_size", "box_expand", "box_scale", "border", "val_size", "seed")
 
 
@@ -235,40 +233,6 @@ def crop_resize(
     return np.ascontiguousarray(np.asarray(out, dtype=np.uint8).transpose(2, 0, 1))
 
 
-# ---------------------------------------------------------------- parallel image work (shared with cub.py)
-
-
-def map_images(
-    function: Callable[[Any], Any],
-    items: Sequence[Any],
-    workers: int,
-    desc: str,
-    progress: bool,
-    min_items: int = 64,
-    unit: str = "img",
-) -> Iterable[Any]:
-    """function(item) for every item, in order; in `workers` processes when workers > 1 and len(items) >= min_items."""
-    bar = tqdm(total=len(items), desc=desc, unit=unit, disable=not progress)
-    if workers <= 1 or len(items) < min_items:
-        for item in items:
-            yield function(item)
-            bar.update()
-    else:
-        # fork where there is one (as torch's DataLoader workers; the workers only use PIL, h5py and numpy): spawn
-        # would re-import the caller's __main__, which fails from a notebook or stdin
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        chunksize = max(1, min(64, len(items) // (4 * workers)))
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for result in pool.map(function, items, chunksize=chunksize):
-                yield result
-                bar.update()
-    bar.close()
-
-
-def default_workers(workers: int | None) -> int:
-    return max(1, min(os.cpu_count() or 1, 8)) if workers is None else max(1, int(workers))
-
-
 class _CropJob(NamedTuple):
     path: str
     region: tuple[float, float, float, float]
@@ -278,78 +242,47 @@ class _CropJob(NamedTuple):
 
 
 def _crop_job(job: _CropJob) -> tuple[np.ndarray | None, tuple[int, int]]:
-    with Image.open(job.path) as image:
-        rgb = image.convert("RGB")
+    rgb = open_rgb(job.path)
     return crop_resize(rgb, job.region, job.size, job.border, job.resample), rgb.size
 
 
 # ---------------------------------------------------------------- config and raw data
 
 
-@dataclass(frozen=True)
-class SvhnConfig:
+@dataclass(frozen=True, kw_only=True)
+class SvhnConfig(PhotoSetConfig):
     """A validated configs/data/svhn*.yaml."""
 
-    name: str
-    root: Path
+    STORE = "svhn_crops"
     svhn_source: Path | None
     download_url: str
-    image_size: int
-    crop_size: int
     box_expand: float
     box_scale: float
     square_box: bool
     border: str
-    resample: str
     max_digits: int
     train_splits: tuple[str, ...]
-    val_size: int
-    seed: int
-    workers: int | None = None
-    timeout: float = 60.0
 
     @classmethod
     def from_cfg(cls, data_cfg: DictConfig | Mapping) -> SvhnConfig:
-        values = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
-        missing = [key for key in REQUIRED_KEYS if values.get(key) is None]
-        if missing:
-            raise ValueError(f"SVHN data config lacks {missing} (see configs/data/svhn64.yaml for the schema)")
-        image_size, crop_size = int(values["image_size"]), int(values["crop_size"])
-        if not 0 < crop_size <= image_size:
-            raise ValueError(f"data.crop_size must be in (0, image_size={image_size}], got {crop_size}")
+        values = config_values(data_cfg, REQUIRED_KEYS, "SVHN", "configs/data/svhn64.yaml")
         if values["border"] not in BORDERS:
             raise ValueError(f"data.border must be one of {BORDERS}, got {values['border']!r}")
-        resample = values.get("interpolation", "bilinear")
-        if resample not in RESAMPLE:
-            raise ValueError(f"data.interpolation must be one of {tuple(RESAMPLE)}, got {resample!r}")
         train_splits = tuple(values.get("train_splits", ("train", "extra")))
         if not train_splits or any(s not in ("train", "extra") for s in train_splits):
             raise ValueError(f"data.train_splits must be a non-empty list of 'train' and 'extra', got {train_splits}")
-        seed, val_size = int(values["seed"]), int(values["val_size"])
-        if seed < 0 or val_size < 0:
-            raise ValueError(f"data.seed and data.val_size must be non-negative, got {seed} and {val_size}")
         if float(values["box_expand"]) <= 0 or float(values["box_scale"]) <= 0:
             raise ValueError("data.box_expand and data.box_scale must be positive")
-        source = values.get("svhn_source")
-        workers = values.get("workers")
         return cls(
-            name=str(values["name"]),
-            root=Path(values["root"]),
-            svhn_source=None if source in (None, "") else Path(source),
+            **values["common"],
+            svhn_source=source_folder(values.get("svhn_source")),
             download_url=str(values.get("download_url") or "http://ufldl.stanford.edu/housenumbers/"),
-            image_size=image_size,
-            crop_size=crop_size,
             box_expand=float(values["box_expand"]),
             box_scale=float(values["box_scale"]),
             square_box=bool(values.get("square_box", False)),
             border=str(values["border"]),
-            resample=resample,
             max_digits=int(values.get("max_digits", 5)),
             train_splits=train_splits,
-            val_size=val_size,
-            seed=seed,
-            workers=None if workers is None else int(workers),
-            timeout=float(values.get("download_timeout", 60.0)),
         )
 
     def generation(self) -> dict:
@@ -371,12 +304,6 @@ class SvhnConfig:
     def raw_dir(self) -> Path:
         """Downloaded archives and extracted split folders (root/SVHN/{train,test,extra}), and the parse cache."""
         return self.root / "SVHN"
-
-    @property
-    def path(self) -> Path:
-        """root/svhn_crops/<name>_seed<seed>_<hash of the generation params>.h5"""
-        blob = json.dumps(self.generation(), sort_keys=True).encode()
-        return self.root / "svhn_crops" / f"{self.name}_seed{self.seed}_{hashlib.sha256(blob).hexdigest()[:8]}.h5"
 
 
 def archive_remote(split: str, base_url: str) -> Remote:
@@ -522,7 +449,7 @@ def build_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
     if too_long["test"]:
         log.warning(
             "SVHN test: %d sequences longer than %d digits kept (labels cut to %d, true length in 'lengths'): "
-            "sequence_correct() counts them as errors",
+            "stn.tasks.sequence_correct counts them as errors",
             too_long["test"],
             cfg.max_digits,
             cfg.max_digits,
@@ -532,8 +459,7 @@ def build_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
             f"data.val_size={cfg.val_size} leaves no training images: only {len(pool)} usable images in "
             f"{'+'.join(cfg.train_splits)}. Lower data.val_size (or provide the complete SVHN)."
         )
-    generator = torch.Generator().manual_seed(derived_seed(cfg.seed, STREAMS["val_split"]))
-    order = torch.randperm(len(pool), generator=generator)
+    order = validation_order(cfg.seed, len(pool))
     val_index = set(order[: cfg.val_size].tolist())
     parts = {
         "train": [item for i, item in enumerate(pool) if i not in val_index],
@@ -564,9 +490,7 @@ def build_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
         "sizes": {part: int(len(arrays[f"{part}/labels"])) for part in parts},
         "stn_version": stn.__version__,
     }
-    write_atomic(cfg.path, arrays, attrs)
-    log.info("SVHN %s: stored %s (%s)", cfg.name, cfg.path, attrs["sizes"])
-    return cfg.path
+    return write_stored(cfg, arrays, attrs, "SVHN")
 
 
 def ensure_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
@@ -574,76 +498,11 @@ def ensure_dataset(cfg: SvhnConfig, progress: bool = True) -> Path:
     return ensure_stored(cfg, lambda: build_dataset(cfg, progress))
 
 
-# ---------------------------------------------------------------- on-device crops
-
-
-class CropParams(NamedTuple):
-    top: Tensor  # int64 [N]
-    left: Tensor  # int64 [N]
-    flip: Tensor  # bool [N]
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def apply_crops(images: Tensor, params: CropParams, size: int | Sequence[int]) -> Tensor:
-    """images[n, :, top:top+h, left:left+w] per sample (mirrored left-right where flip), as one gather."""
-    height, width = _pair(size)
-    device = images.device
-    rows = params.top[:, None] + torch.arange(height, device=device)
-    steps = torch.arange(width, device=device)
-    cols = params.left[:, None] + torch.where(params.flip[:, None], width - 1 - steps, steps)
-    index = torch.arange(images.shape[0], device=device)[:, None, None]
-    return images[index, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
-
-
-def random_crops(
-    images: Tensor,
-    size: int | Sequence[int],
-    generator: torch.Generator | None = None,
-    *,
-    flip_prob: float = 0.0,
-    return_params: bool = False,
-) -> Tensor | tuple[Tensor, CropParams]:
-    """A size x size crop of every image at its own uniform random position (and a left-right flip with
-    probability flip_prob), drawn on the images' device: `generator` must live there too (or be None)."""
-    n, _, h, w = images.shape
-    height, width = _pair(size)
-    if height > h or width > w:
-        raise ValueError(f"crop {height}x{width} is larger than the images ({h}x{w})")
-    device = images.device
-    top = torch.randint(0, h - height + 1, (n,), generator=generator, device=device)
-    left = torch.randint(0, w - width + 1, (n,), generator=generator, device=device)
-    if flip_prob > 0:
-        flip = torch.rand(n, generator=generator, device=device) < flip_prob
-    else:
-        flip = torch.zeros(n, dtype=torch.bool, device=device)
-    params = CropParams(top, left, flip)
-    crops = apply_crops(images, params, (height, width))
-    return (crops, params) if return_params else crops
-
-
-def center_crop(images: Tensor, size: int | Sequence[int]) -> Tensor:
-    """The central size x size crop of every image (offsets as torchvision's CenterCrop)."""
-    h, w = images.shape[-2:]
-    height, width = _pair(size)
-    if height > h or width > w:
-        raise ValueError(f"crop {height}x{width} is larger than the images ({h}x{w})")
-    top, left = int(round((h - height) / 2.0)), int(round((w - width) / 2.0))
-    return images[..., top : top + height, left : left + width]
-
-
-def sequence_correct(predicted: Tensor, labels: Tensor, lengths: Tensor) -> Tensor:
-    """Per image: all five positions right (digits and null class) and the sequence not longer than five digits."""
-    return (predicted == labels).all(dim=1) & (lengths <= labels.shape[1])
-
-
 # ---------------------------------------------------------------- what the trainer consumes
 
 
 @dataclass
-class SvhnSplits:
+class SvhnSplits(CropAugmented, Splits):
     """uint8 images [N, 3, S, S] (CPU), int64 labels [N, 5] (null class 10) and int64 lengths [N] of each split."""
 
     train_x: Tensor
@@ -659,21 +518,12 @@ class SvhnSplits:
     num_digits: int
     crop_size: int
     meta: dict
-    redraw: None = None  # the trainer's hook for re-drawn data; SVHN augments with train_transform instead
 
     def split(self, name: str) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Images and targets (labels, lengths) of one split (stn.data.splits.Splits)."""
         if name not in SPLIT_NAMES:
             raise ValueError(f"unknown split {name!r}; use one of {SPLIT_NAMES}")
         return getattr(self, f"{name}_x"), (getattr(self, f"{name}_y"), getattr(self, f"{name}_len"))
-
-    def train_transform(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Random crop_size crops, one position per image, on the images' device."""
-        return random_crops(images, self.crop_size, generator)
-
-    def eval_transform(self, images: Tensor) -> Tensor:
-        """The centre crop_size crop."""
-        return center_crop(images, self.crop_size)
 
 
 def prepare(data_cfg: DictConfig | Mapping, progress: bool = True) -> None:
@@ -691,13 +541,7 @@ def load_splits(data_cfg: DictConfig | Mapping, progress: bool = True) -> SvhnSp
         for s, v in attrs["sources"].items()
         if v["present"] < v["official_count"]
     }
-    if incomplete:
-        log.warning(
-            "%s was built from an incomplete SVHN (images present per split: %s): fine for tests, not for Table 2. "
-            "Delete it and run again with the complete data.",
-            path,
-            incomplete,
-        )
+    warn_if_incomplete(path, "SVHN", incomplete, "images present", "Table 2")
     meta = stored_meta(
         cfg,
         attrs,

@@ -1,6 +1,6 @@
 """ImageNet-pretrained Inception networks with batch normalisation, the CUB models' backbones (Table 3).
 
-A Backbone maps float RGB images in [0, 1] (what stn.train.to_input feeds) to its last feature map [N, C, h, w]: it
+A Backbone maps float RGB images in [0, 1] (what stn.precision.to_input feeds) to its last feature map [N, C, h, w]: it
 carries the input normalisation its weights were trained with, so the spatial transformers sample raw images and
 every backbone copy sees what it expects. Three choices (configs/model/_cub.yaml, `backbone.name`):
 

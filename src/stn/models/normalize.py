@@ -1,4 +1,4 @@
-"""Input normalisation as part of the model: every dataset feeds uint8 -> [0, 1] (stn.train.to_input), and a model
+"""Input normalisation as part of the model: every dataset feeds uint8 -> [0, 1] (stn.precision.to_input), and a model
 that wants its inputs standardised (e.g. ImageNet statistics for a pretrained CUB backbone) carries them itself, so
 a checkpoint is all it takes to run it on raw images."""
 

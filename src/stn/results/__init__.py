@@ -1,14 +1,13 @@
 """Per-run result files, reading them back (from disk or W&B), and the paper's tables rendered against the paper
-(`python -m stn.results`, see stn.results.cli).
+(`python -m stn.results`, see stn.results.cli; the library never imports it).
 
-Modules: runs (run folders, failed-run records, reading results back), wandb_offline (W&B runs as result records),
+Modules: runs (reading results back), wandb_offline (W&B runs as result records),
 recipes (a run's recipe), specs (what differs between tables), tables (building and rendering a table), compare
 (recipe comparisons), cli (the command line).
 """
 
-from stn.results.cli import main
 from stn.results.compare import render_comparison
-from stn.results.runs import load_local_results, load_results, record_failure, run_sweep_job
+from stn.results.runs import load_local_results, load_results
 from stn.results.specs import TABLE1, TABLES, TableSpec
 from stn.results.tables import (
     MISSING,
@@ -41,14 +40,11 @@ __all__ = [
     "load_local_results",
     "load_paper_table",
     "load_results",
-    "main",
     "offline_wandb_runs",
     "params_label",
-    "record_failure",
     "render_comparison",
     "render_csv",
     "render_latex",
     "render_markdown",
-    "run_sweep_job",
     "write_table",
 ]

@@ -15,13 +15,13 @@ compares the arms (experiment/recipe folders) of the runs, one row per (column, 
     python -m stn.results learned --runs DIR [--runs DIR ...] [--title TEXT] [--note TEXT] [--out FILE]
 
 reads each finished Table 1 run's input transformer against its test digits' known distortions: how much of their
-rotation, scale and offset it undoes (stn.results.learned).
+rotation, scale and offset it undoes (stn.analysis.learned).
 
     python -m stn.results probe --data mnist_r mnist_rts [--model st_fcn_aff] [--hidden 32,32,32 ...]
                                 [--iterations 15000] [--seeds 0 1 2] [--override KEY=VALUE ...] [--out FILE]
 
 trains the model's loc net body, with supervision, to regress the digits' known distortions: could it see them
-(stn.results.probe)?
+(stn.analysis.probe)?
 """
 
 from __future__ import annotations
@@ -31,16 +31,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stn.analysis.learned import render_learned
+from stn.analysis.probe import compose_cfg, probe, render_probe
 from stn.atomic import write_atomic
 from stn.checkpoint import DamagedFileError
 from stn.results.compare import render_comparison
-from stn.results.learned import render_learned
 from stn.results.runs import load_local_results, load_results
 from stn.results.specs import TABLES
 from stn.results.tables import MISSING, build_table, display_name, load_paper_table, not_counted_lines, write_table
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stn.results", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for spec in TABLES.values():
@@ -78,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     probe.add_argument("--title", default="Could the loc net see the distortions? (supervised probe, test set)")
     probe.add_argument("--note", help="a paragraph printed under the title")
     probe.add_argument("--out", type=Path, help="markdown file to write (default: print)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         run(args)
@@ -95,9 +101,6 @@ def _write_or_print(text: str, out: Path | None) -> None:
 
 def probe_arms(args: argparse.Namespace) -> str:
     """Run the probe for every (data, loc net widths) arm over the seeds; the rendered table."""
-    # Imported here: the probe trains with stn.train, which imports this package (through stn.figures).
-    from stn.results.probe import compose_cfg, probe, render_probe
-
     widths = [None] if not args.hidden else [[int(w) for w in spec.split(",")] for spec in args.hidden]
     arms = {}
     for data in args.data:

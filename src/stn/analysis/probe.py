@@ -1,7 +1,7 @@
 """Can a loc net see the distortion? A supervised probe of the Table 1 localisation nets.
 
 Trained end to end, the ST-FCN's loc net learns to undo the RTS digits' offset and scale but little of their rotation
-(stn.results.learned). This probe asks whether that loc net body *could* tell the rotation: the same body (as built
+(stn.analysis.learned). This probe asks whether that loc net body *could* tell the rotation: the same body (as built
 from the model config, e.g. FC 3 x 32 on the raw input) plus a linear head is trained to regress each digit's known
 distortion (angle, log scale, offset; each target standardised; mean squared error) on fresh training distortions
 every epoch, with the composed config's optimiser, lr schedule and batch size (default: the fast recipe). Scored on
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from stn.data import load_splits
 from stn.data.dataset import DataConfig, read_dataset, stored_params
 from stn.models.mnist import spatial_transformer
+from stn.optim import build_optimizer
 from stn.runtime import seed_everything
-from stn.train import build_optimizer
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 # distortion parameter -> (what it is, its unit, the function of it the probe regresses)

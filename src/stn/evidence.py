@@ -1,0 +1,86 @@
+"""The measured comparisons behind the defaults, one config each: configs/evidence/<name>.yaml.
+
+    python -m stn.evidence                    # list them
+    python -m stn.evidence NAME [--runs runs] [--dry-run]
+
+A comparison's config holds
+    title, note   the rendered file's heading and its reading (machine, numbers, conclusion)
+    runs          the sweeps it trains, in order: each the overrides of one
+                  `python -m stn.train --multirun experiment=table1 ... paths.runs_dir=<runs>` (finished runs are
+                  reported, not retrained, so sweeps shared between comparisons cost once)
+    render        compare | learned | probe: the `python -m stn.results` command that renders it into
+                  results/evidence/<name>.md
+    inputs        the run folders (under <runs>) it renders, each passed as --runs
+    args          the render command's other arguments (e.g. --common)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from stn.models.params import CONFIG_DIR
+
+EVIDENCE_DIR = CONFIG_DIR / "evidence"
+RENDERERS = ("compare", "learned", "probe")
+OUT_DIR = Path("results/evidence")
+
+
+def names() -> list[str]:
+    return sorted(path.stem for path in EVIDENCE_DIR.glob("*.yaml"))
+
+
+def load(name: str) -> dict[str, Any]:
+    path = EVIDENCE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no comparison {name!r} in {EVIDENCE_DIR}; the comparisons: {', '.join(names())}")
+    spec = OmegaConf.to_container(OmegaConf.load(path))
+    unknown = set(spec) - {"title", "note", "runs", "render", "inputs", "args"}
+    if unknown or "title" not in spec or spec.get("render") not in RENDERERS:
+        raise ValueError(
+            f"{path}: needs a title and a render in {RENDERERS}, and only the fields title, note, runs, render, "
+            f"inputs, args (see stn.evidence); got {sorted(spec)}"
+        )
+    return spec
+
+
+def commands(name: str, runs: Path, python: str = sys.executable) -> list[list[str]]:
+    """The commands that train and render comparison `name`, in order."""
+    spec = load(name)
+    train = [python, "-m", "stn.train", "--multirun", "experiment=table1"]
+    sweeps = [[*train, *shlex.split(overrides), f"paths.runs_dir={runs}"] for overrides in spec.get("runs", [])]
+    render = [python, "-m", "stn.results", spec["render"]]
+    for folder in spec.get("inputs", []):
+        render += ["--runs", str(runs / folder)]
+    render += [*spec.get("args", []), "--title", spec["title"]]
+    if spec.get("note"):
+        render += ["--note", spec["note"]]
+    return [*sweeps, [*render, "--out", str(OUT_DIR / f"{name}.md")]]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m stn.evidence", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("name", nargs="?", help="the comparison (configs/evidence/<name>.yaml); none: list them")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="the runs folder (default: runs)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    args = parser.parse_args(argv)
+    if args.name is None:
+        for name in names():
+            print(f"{name:28s} {load(name)['title']}")
+        return
+    for command in commands(args.name, args.runs):
+        print(shlex.join(command), flush=True)
+        if not args.dry_run:
+            subprocess.run(command, check=True)
+
+
+if __name__ == "__main__":
+    main()

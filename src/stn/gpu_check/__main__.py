@@ -1,0 +1,3 @@
+from stn.gpu_check.cli import main
+
+main()
