@@ -13,7 +13,13 @@ from stn.models.params import CONFIG_DIR
 
 MODELS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml") if not path.stem.startswith("_"))
 # The data config each model family is built with (by the module its net comes from).
-DATA = {"stn.models.table1_net": "mnist_rts", "stn.models.svhn": "svhn64", "stn.models.cub": "cub224"}
+DATA = {
+    "stn.models.table1_net": "mnist_rts",
+    "stn.models.addition": "mnist_addition",
+    "stn.models.volume3d": "mnist_3d",
+    "stn.models.svhn": "svhn64",
+    "stn.models.cub": "cub224",
+}
 # CUB models on the CPU in seconds: the small random test backbone instead of a pretrained Inception, smaller crops.
 SMALL_CUB = [
     f"model.net.backbone.name={SMALL}",
