@@ -12,8 +12,9 @@ STAMP := $(VENV)/.installed
 #   quarter: the fast recipe at 1/4 of the paper's samples (budget=quarter), every cell, 3 seeds: closer to the paper
 #   cpu:   the fast recipe, 1 seed, the cells that fit ~2 h on 2 CPU cores (the FCN and ST-FCN rows and CNN on R;
 #          default without a GPU); the other cells show "not run" and the note under the table says where they are
-#   cpu-full: the fast recipe, 1 seed, every cell (the cpu cells first, then the CNN and ST-CNN rows): one night on
-#          2 CPU cores, resumable (rerun the same command); results/table1_cpu_full.{md,csv,tex}
+#   cpu-full: the fast recipe, 1 seed, every cell (the cpu cells first, then the CNN and ST-CNN rows): about 13 h on
+#          2 CPU cores (estimated from the cells' measured wall times: the 15 ST-CNN cells ~40 min each),
+#          resumable (rerun the same command); results/table1_cpu_full.{md,csv,tex}
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 RECIPE ?= $(if $(HAS_GPU),paper,cpu)
 RECIPE_ARGS_paper := optim=sgd_table1 budget=paper
@@ -33,7 +34,7 @@ RECIPE_FOLDER_cpu-full := fast-fast
 TABLE_NAME_cpu-full := table1_cpu_full
 TABLE_ARGS_cpu := --missing "not run" --note "This is make reproduce-table1 RECIPE=cpu (about 2 h on 2 CPU cores): \
   the fast recipe, seed 0, on the FCN and ST-FCN rows and the CNN on R. The cells marked not run are filled by \
-  make reproduce-table1 RECIPE=cpu-full (every cell, seed 0, resumable; one night on 2 cores; its table is \
+  make reproduce-table1 RECIPE=cpu-full (every cell, seed 0, resumable; about 13 h on 2 cores; its table is \
   results/table1_cpu_full.md) or by RECIPE=paper on a GPU."
 LAUNCHER ?= local
 RUNS ?= runs
@@ -133,7 +134,7 @@ table1: $(STAMP)
 EVIDENCE_TABLE1 := table1_data_stream table1_fcn_length_width table1_pe_strength table1_fast_recipe_gaps \
   table1_momentum table1_paper_budget table1_paper_schedule_rts table1_cpu_bf16 \
   table1_loc_lr table1_st_width table1_st_learned table1_st_fcn_seeds \
-  table1_locnet_probe
+  table1_locnet_probe table1_rts_placement table1_p_corner_reading table1_e_readings
 evidence: $(STAMP)
 	$(PY) -m stn.evidence $(NAME) --runs $(RUNS)
 

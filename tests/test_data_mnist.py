@@ -248,7 +248,7 @@ def test_p_diagonal_reading_moves_each_corner_along_its_diagonal(test_digits):
     assert torch.allclose(along[..., None] * outward / 2**0.5, offsets, atol=1e-6)
     assert_normal(along, 5.0)  # 5 px along the diagonal ...
     assert_normal(offsets, 5.0 / 2**0.5)  # ... is 3.54 px per axis
-    per_axis = draw("p", test_digits)["corner_offsets_px"].double()
+    per_axis = draw("p", test_digits, **{"distortion.corner_move": "per_axis"})["corner_offsets_px"].double()
     assert not torch.allclose(per_axis[..., 0].abs(), per_axis[..., 1].abs())  # the per-axis reading moves freely
 
 
@@ -294,9 +294,12 @@ def test_every_reading_composes_from_the_config_renders_and_has_its_own_stored_s
     assert cfg.path in paths | {default} and len(paths | {default}) == {"p": 3, "rts": 3, "e": 2}[variant]
 
 
+PER_AXIS = {"distortion.corner_move": "per_axis"}
+
+
 def test_p_corner_offsets_follow_the_recipe_and_define_the_homography(test_digits):
-    spec = spec_of("p")
-    params = draw("p", test_digits)
+    spec = spec_of("p", **PER_AXIS)
+    params = draw("p", test_digits, **PER_AXIS)
     assert_uniform(params["scale"], 0.75, 1.0)
     assert_normal(params["corner_offsets_px"], 5.0)
     # The homography maps each output corner pixel to its displaced point of the scaled digit, and never folds

@@ -28,8 +28,8 @@ from stn.runtime import PORTABLE_CPU_ENV
 
 EXPECTED = {
     "mnist_r": "447b8c3536c99d4500e6b1cee386882ad59b6b0af6fba77a2d449b55cfdf52f0",
-    "mnist_rts": "6e3427ed6e47c75cffc1a41598d55b2846586e3f92dcec0eeea930b1655cfc64",
-    "mnist_p": "31cce0f136f7046de9205751eae3284980beb24d78ecb8f2866b49ea6c7a6a20",
+    "mnist_rts": "d0a5ac261a2ee7189761c7f3603ef3f3690e39711ab6f4498f784de4e30524fd",
+    "mnist_p": "b9885661b490b983f7c5dd857ca867cc667c98230856f91aa0b675c3f1fb27d3",
     "mnist_e": "78c5ea90ee9ea5c1ab885fda5dc58a76f0c9d8f8a88ab5f8476eec09d037bac2",
     "mnist_tc": "8782ccc21c5dd1af7e1a2a86da2ff09e5d7105f7673beefb2949c35193959488",
 }

@@ -40,6 +40,9 @@ RUN = (
     # the FCN's input as these numbers were recorded: full resolution (the RTS default became 2x-pooled by evidence,
     # results/evidence/table1_fcn_length_width.md); this keeps the pins a check of the trainer, data and models
     "data.fcn_pool=1",
+    # the RTS placement as these numbers were recorded: the ink reading (the default became the frame reading by
+    # evidence, results/evidence/table1_rts_placement.md; the shipped data are pinned by tests/test_data_pins.py)
+    "data.distortion.placement=ink",
 )
 EXPECTED = {
     "st_cnn_aff": {
