@@ -72,6 +72,8 @@ class RunFolder:
         self.path = Path(to_absolute_path(cfg.run_dir))
         self.identity = run_identity(cfg)
         self.started = time.perf_counter()
+        # the code this process runs: read now, as the checkout may move on while a long run trains
+        self.commit, self.dirty = git_state()
 
     def finished_result(self) -> dict[str, Any] | None:
         """The record of this run if it already finished (a failed record is simply retried)."""
@@ -156,7 +158,7 @@ class RunFolder:
         """The run's result record as of `state`: with the test score once finished, with the error if failed."""
         cfg, history = self.cfg, state["val_history"]
         best = max if higher_is_better(metric) else min
-        commit, dirty = git_state()
+        commit, dirty = self.commit, self.dirty
         trained_images, train_time = state["iteration"] * cfg.budget.batch_size, state["train_time_s"]
         return {
             "experiment": cfg.experiment_name,
