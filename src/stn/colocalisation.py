@@ -38,7 +38,7 @@ from stn.data.mnist import MNIST_MD5, load_mnist
 from stn.data.store import ensure_stored, read_matching
 from stn.data.store import write_atomic as store_atomic
 from stn.runtime import ALIGN_CORNERS
-from stn.transformers import AttentionTransform, SpatialTransformer, StridedConvLocNet
+from stn.transformers import AttentionTransform, SpatialTransformer, StridedConvLocNet, warp
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "colocalisation.yaml"
 GENERATOR_VERSION = 1
@@ -167,6 +167,16 @@ def random_crops(images: Tensor, size: int, generator: torch.Generator) -> Tenso
     return torch.stack([image[:, y : y + size, x : x + size] for image, (x, y) in pairs])
 
 
+def random_windows(images: Tensor, scale: Tensor, out_size: int, generator: torch.Generator) -> Tensor:
+    """One attention window of each image [N, C, S, S] at the given scales [N] (normalised units: 1 = the whole
+    canvas), uniformly placed where it fits (a window larger than the canvas: anywhere it covers the canvas),
+    resampled as the transformer resamples: a random crop of the transformer's own window size."""
+    slack = (1 - scale).abs().unsqueeze(1)
+    centre = (2 * torch.rand(len(images), 2, generator=generator, dtype=scale.dtype) - 1) * slack
+    theta = torch.cat([scale.unsqueeze(1), centre], 1)
+    return warp(images, AttentionTransform(), theta, (out_size, out_size))
+
+
 # ---------------------------------------------------------------- encoder and transformer
 
 
@@ -237,6 +247,7 @@ def colocalise(cfg: DictConfig, encoder: Encoder, images: Tensor, boxes: Tensor,
     optimizer = torch.optim.Adam(transformer.parameters(), lr=float(cfg.optim.lr))
     generator = torch.Generator().manual_seed(seed)
     inputs, count, steps = images.float() / 255, len(images), int(cfg.optim.steps)
+    size = int(cfg.transformer.out_size)
     windows, loss = {}, torch.zeros(())
 
     def record(step: int) -> None:
@@ -250,8 +261,13 @@ def colocalise(cfg: DictConfig, encoder: Encoder, images: Tensor, boxes: Tensor,
         record(step)
         anchors = torch.randint(count, (int(cfg.optim.pairs),), generator=generator)
         others = (anchors + torch.randint(1, count, anchors.shape, generator=generator)) % count  # m != n
-        codes = encoder(transformer(inputs))
-        crops = encoder(random_crops(inputs[anchors], int(cfg.crop_size), generator))
+        warped, theta = transformer(inputs, return_theta=True)
+        codes = encoder(warped)
+        if cfg.crop_size == "window":  # the crop at the anchor's own window scale, a sample: no gradient through it
+            scale = transformer.transform.matrix(theta)[anchors, 0, 0].detach()
+            crops = encoder(random_windows(inputs[anchors], scale, size, generator))
+        else:
+            crops = encoder(random_crops(inputs[anchors], int(cfg.crop_size), generator))
         loss = triplet_hinge(codes[anchors], codes[others], crops, float(cfg.margin)).mean()
         optimizer.zero_grad()
         loss.backward()
@@ -289,8 +305,19 @@ def draw_windows(variant_runs: Mapping[str, tuple[Tensor, RunResult]], steps: Se
     return figure
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def render_tables(
-    cfg: DictConfig, scores: dict[str, dict[int, float]], encoder: dict, seconds: float
+    cfg: DictConfig, scores: dict[str, dict[int, float]], encoder: dict, seconds: float, overrides: Sequence[str] = ()
 ) -> tuple[str, str]:
     """The markdown and CSV of % localised per class and variant, against the paper."""
     variants = list(scores)
@@ -311,15 +338,18 @@ def render_tables(
     lines.append(f"| mean | {' | '.join(means)} |")
     lines += [
         "",
-        f"Command: `python -m stn.colocalisation` (make reproduce-colocalisation), seed {cfg.seed}; one run per class "
+        f"Command: `{' '.join(['python -m stn.colocalisation', *overrides])}` (make reproduce-colocalisation), "
+        f"seed {cfg.seed}; one run per class "
         f"and variant: {cfg.images_per_run} images, {cfg.optim.steps} Adam steps (lr {cfg.optim.lr}) of "
         f"{cfg.optim.pairs} random pairs, margin {cfg.margin}, transformer output {cfg.transformer.out_size}px, "
-        f"window scale {cfg.transformer.fixed_scale or 'learnt'} (configs/colocalisation.yaml). Encoder: the "
+        f"window scale {cfg.transformer.fixed_scale or 'learnt'}, random crop {cfg.crop_size} "
+        "(configs/colocalisation.yaml). Encoder: the "
         f"Table 1 CNN trained on plain MNIST ({' '.join(cfg.encoder.overrides)}): "
         f"test error {encoder['test_error']:.2f}%, "
         f"{encoder['params']:,} parameters, its run in {encoder['run_dir']}.",
-        f"Machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {seconds / 60:.1f} min for all runs. Paper: 100% on T, 75-93% on TC "
+        f"Machine: CPU ({cpu_name()}, {platform.machine()}), no GPU, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s); wall time {seconds / 60:.1f} min (all runs, plus the encoder's "
+        "training unless it was cached). Paper: 100% on T, 75-93% on TC "
         "depending on the class (per-class values not recovered).",
         "",
     ]
@@ -346,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             scores[variant][digit] = run.localised
             print(f"{variant} class {digit}: {run.localised:.0f}% localised (last loss {run.loss:.3f})")
             shown.setdefault(variant, (images, run))
-    markdown, table = render_tables(cfg, scores, {**record, "run_dir": str(run_dir)}, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    markdown, table = render_tables(cfg, scores, {**record, "run_dir": str(run_dir)}, seconds, args.overrides)
     out = Path(cfg.out)
     for path, text in ((out / "colocalisation.md", markdown), (out / "colocalisation.csv", table)):
         write_atomic(path, text)
