@@ -217,13 +217,24 @@ def encoder_run(cfg: DictConfig) -> tuple[dict, Path]:
     return train(train_cfg), Path(train_cfg.run_dir)
 
 
+class InsideAttention(AttentionTransform):
+    """Attention whose window stays inside the image: the translation is (1 - s) tanh(theta's translation), so the
+    window [t - s, t + s] (normalised) never leaves [-1, 1]; theta = 0 is still the centred window."""
+
+    def matrix(self, theta: Tensor) -> Tensor:
+        matrix = super().matrix(theta)
+        scale, translation = matrix[:, :1, :1], matrix[:, :, 2:]
+        return torch.cat([matrix[:, :, :2], (1 - scale).clamp(min=0) * translation.tanh()], 2)
+
+
 def attention_transformer(cfg: DictConfig) -> SpatialTransformer:
     """The attention transformer with the paper's loc net, centred; its scale fixed, or learnt from init_scale."""
     settings = cfg.transformer
     loc_net = StridedConvLocNet(1, (cfg.canvas, cfg.canvas), **settings.loc_net)
     size = int(settings.out_size)
-    fixed = settings.fixed_scale
-    transformer = SpatialTransformer(loc_net, AttentionTransform(None if fixed is None else float(fixed)), (size, size))
+    fixed = None if settings.fixed_scale is None else float(settings.fixed_scale)
+    transform = InsideAttention(fixed) if settings.inside else AttentionTransform(fixed)
+    transformer = SpatialTransformer(loc_net, transform, (size, size))
     if fixed is None:
         with torch.no_grad():
             transformer.regressor.bias[0] = float(settings.init_scale)
@@ -268,7 +279,8 @@ def colocalise(cfg: DictConfig, encoder: Encoder, images: Tensor, boxes: Tensor,
             crops = encoder(random_windows(inputs[anchors], scale, size, generator))
         else:
             crops = encoder(random_crops(inputs[anchors], int(cfg.crop_size), generator))
-        loss = triplet_hinge(codes[anchors], codes[others], crops, float(cfg.margin)).mean()
+        targets = codes[others] if cfg.optim.through_other else codes[others].detach()  # m: moved too, or a target
+        loss = triplet_hinge(codes[anchors], targets, crops, float(cfg.margin)).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
