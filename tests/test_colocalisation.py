@@ -88,13 +88,13 @@ def test_the_stored_boxes_hold_the_rendered_digit(tmp_path, mnist_raw_root, vari
         assert (sets[3][0].int() - clean.int()).abs().sum() > 0
 
 
-def test_a_short_real_colocalisation_run_trains_the_encoder_and_lowers_the_triplet_loss(tmp_path, mnist_raw_root):
-    """End to end on real digits: a briefly trained encoder (cached by stn.train), then 100 steps on class 1 of T.
-
-    Honest about what it shows: the pipeline runs and the loss ends below the margin. In every pilot so far (300
-    steps, lr 1e-3 to 3e-2, raw or unit codes, the scale learnt or fixed) the windows moved onto blank canvas -- the
-    loss's degenerate minimum, every output the same blank -- and localised 0-8% (paper: 100%), so no localisation
-    threshold is asserted."""
+def test_a_short_real_colocalisation_run_keeps_the_windows_on_their_digits(tmp_path, mnist_raw_root):
+    """End to end on real digits: a briefly trained encoder (cached by stn.train), then 100 steps on class 1 of T,
+    with the config's anchor-only gradient and with the full gradient (optim.through_other=true, the collapsing
+    setting). The collapse is the windows leaving their digits for blank canvas; a window on blank canvas gets no
+    gradient. A 300-iteration encoder (2.5% test error) is too weak to localise within a test's time (measured: 9%
+    after 300 steps, 8% with a 600-iteration one; the experiment's 2000-iteration encoder: 99% on this class), so
+    the check is the collapse itself: the share of windows still overlapping their digit's box."""
     cfg = config(
         tmp_path,
         mnist_raw_root,
@@ -112,6 +112,12 @@ def test_a_short_real_colocalisation_run_trains_the_encoder_and_lowers_the_tripl
     inputs = images.float() / 255
     codes = encoder(inputs[:, :, :28, :28])
     assert codes.shape[1] == 64 * 10 * 10 + 64 * 2 * 2 + 10 and torch.allclose(codes.norm(dim=1), torch.ones(100))
-    run = colocalise(cfg, encoder, images, boxes, seed=0)
-    assert set(run.windows) == {0, 100} and run.windows[100].shape == (100, 4)
-    assert 0 <= run.localised <= 100 and run.loss < 1.0  # measured: 0.75 (blank windows); the margin alone is 1
+
+    def on_digit(through_other: bool) -> float:
+        run = colocalise(OmegaConf.merge(cfg, {"optim": {"through_other": through_other}}), encoder, images, boxes, 0)
+        assert set(run.windows) == {0, 100} and run.windows[100].shape == (100, 4)
+        return (box_iou(run.windows[100], boxes.float()) > 0).float().mean().item()
+
+    anchor_only, full = on_digit(False), on_digit(True)
+    print(f"windows on their digit after 100 steps: anchor-only gradient {anchor_only:.2f}, full gradient {full:.2f}")
+    assert anchor_only >= 0.9 and full <= 0.5  # measured: 0.99 and 0.07 (50 s on one CPU thread)
