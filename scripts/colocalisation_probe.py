@@ -65,7 +65,16 @@ def main() -> None:
         anchors, others = pairs(count, generator)
         crops = encoder(random_crops(x[anchors], crop, generator)).detach()
 
-        def loss_at(translation: torch.Tensor, through_other: bool = True, term: str = "sum") -> torch.Tensor:
+        def loss_at(
+            translation: torch.Tensor,
+            through_other: bool = True,
+            term: str = "sum",
+            x: torch.Tensor = x,
+            anchors: torch.Tensor = anchors,
+            others: torch.Tensor = others,
+            crops: torch.Tensor = crops,
+        ) -> torch.Tensor:
+            """The loss (or one term of it) with the windows at `translation` [N, 2], this class's pairs and crops."""
             codes = encoder(warp(x, attention, translation, (size, size)))
             targets = codes[others] if through_other else codes[others].detach()
             if term == "sum":
