@@ -389,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{variant} class {digit}: {run.localised:.0f}% localised (last loss {run.loss:.3f})")
             shown.setdefault(variant, (images, run))
     seconds = time.perf_counter() - started
-    markdown, table = render_tables(cfg, scores, {**record, "run_dir": str(run_dir)}, seconds, args.overrides)
+    where = Path("<runs_dir>") / run_dir.relative_to(cfg.runs_dir)  # no path of this machine in the result file
+    markdown, table = render_tables(cfg, scores, {**record, "run_dir": str(where)}, seconds, args.overrides)
     out = Path(cfg.out)
     for path, text in ((out / "colocalisation.md", markdown), (out / "colocalisation.csv", table)):
         write_atomic(path, text)
