@@ -121,9 +121,13 @@ reproduce-table1: $(STAMP)
 	  $(RECIPE_CELLS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS))
 	$(MAKE) table1 figures RUNS=$(RUNS) RECIPE=$(RECIPE)
 
+# ARCHIVE=FILE keeps the finished runs in FILE as well (JSON lines, no path of this machine) and renders from all
+# of them: a table too long for one machine's life fills over several (the committed results/table1_cpu_full.md is
+# rendered with ARCHIVE=results/table1_cpu_full_runs.jsonl).
+ARCHIVE ?=
 table1: $(STAMP)
 	$(PY) -m stn.results table1 --runs $(RUNS)/table1 --recipe $(RECIPE_FOLDER_$(RECIPE)) --out $(RESULTS) \
-	  --name $(or $(TABLE_NAME_$(RECIPE)),table1) $(TABLE_ARGS_$(RECIPE))
+	  --name $(or $(TABLE_NAME_$(RECIPE)),table1) $(TABLE_ARGS_$(RECIPE)) $(if $(ARCHIVE),--archive $(ARCHIVE))
 
 # The measured comparisons behind Table 1's defaults (CPU hours; results/evidence/README.md): one config each,
 # configs/evidence/<name>.yaml (its sweeps, how it is rendered, its note), rendered into results/evidence/<name>.md.

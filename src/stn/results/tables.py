@@ -125,7 +125,7 @@ def build_table(
         if isinstance(record.get("wall_time_s"), int | float):
             cell.wall_times.append(float(record["wall_time_s"]))
         if record.get("device"):
-            cell.devices.add(str(record["device"]))
+            cell.devices.add(device_label(record))
         command = run_command(record)
         if command:
             cell.commands.append(command)
@@ -133,6 +133,14 @@ def build_table(
             commits.add(record["git_commit"][:10] + ("+dirty" if record.get("git_dirty") else ""))
     recipes = sorted({cell.recipe for cell in cells.values() if cell.recipe})
     return Table(columns, models, cells, recipes, not_counted, sorted(commits), missing, spec)
+
+
+def device_label(record: Mapping[str, Any]) -> str:
+    """'cuda:0', or for a CPU run the kernels torch chose ('cpu AVX512'): CPU numbers differ between kernel sets,
+    so a table filled on several machines says which cells ran on which."""
+    device = str(record["device"])
+    kernels = ((record.get("environment") or {}).get("cpu_kernels") or {}).get("cpu_capability")
+    return f"{device} {kernels}" if device == "cpu" and kernels else device
 
 
 def display_name(model: str) -> str:
