@@ -291,3 +291,22 @@ def test_a_damaged_archive_line_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"table1_runs.jsonl:2 is not a JSON record"):
         main(["table1", "--paper", str(PAPER_CSV), "--out", str(tmp_path), "--archive", str(archive),
               "--runs", str(tmp_path / "none")])  # fmt: skip
+
+
+def test_cells_off_the_paper_are_listed_with_what_explains_them(tmp_path):
+    explain = tmp_path / "misses.yaml"
+    explain.write_text(
+        "- cells: [st_fcn_aff RTS]\n  evidence: results/evidence/x.md\n  text: the loc net reads 59% of the rotation\n"
+    )
+    runs = tmp_path / "runs"
+    write_runs(
+        runs, [finished("st_fcn_aff", "RTS", 0, 1.4), finished("cnn", "P", 0, 2.0), finished("fcn", "R", 0, 2.2)]
+    )
+    main(["table1", "--runs", str(runs), "--paper", str(PAPER_CSV), "--out", str(tmp_path), "--explain", str(explain)])
+    table = (tmp_path / "table1.md").read_text()
+    assert (
+        "| ST-FCN Aff RTS | +0.60 | the loc net reads 59% of the rotation ([evidence](results/evidence/x.md)) |"
+        in table
+    )
+    assert "| CNN P | +0.50 | not explained yet |" in table
+    assert "FCN R |" not in table.split("Cells more than 0.3 pp")[1].split("\n\n")[1]  # 0.1 pp off: not listed

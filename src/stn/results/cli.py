@@ -2,14 +2,16 @@
 
     python -m stn.results table1 [--runs runs/table1] [--source local|wandb] [--wandb-path ENTITY/PROJECT]
                                  [--recipe NAME] [--name table1] [--missing TEXT] [--note TEXT] [--out results]
-                                 [--archive FILE]
+                                 [--archive FILE] [--explain FILE]
 
 writes results/<name>.md, .csv and .tex: for each model x column the paper's number (% test error for Table 1),
 ours as mean ± std over seeds (with n), and the difference; a cell without runs shows "—" (or --missing, e.g.
 "GPU", where the paper has a number). The caption names the training recipe (optimiser, schedule, samples, fixed or
 fresh data); one cell never averages runs of different recipes. Only runs with status "finished" count. With
 --archive, the finished runs are also kept in FILE (one JSON line each, no path of this machine) and the table counts
-the archived runs too: a table longer than one machine's life is filled over several (stn.results.archive).
+the archived runs too: a table longer than one machine's life is filled over several (stn.results.archive). With
+--explain, every cell more than 0.3 pp from the paper is listed under the table with the experiment that explains it
+(or "not explained yet").
 
     python -m stn.results compare --runs DIR [--runs DIR ...] --title TEXT [--common] [--out FILE]
 
@@ -42,7 +44,15 @@ from stn.results.archive import update_archive
 from stn.results.compare import render_comparison
 from stn.results.runs import load_local_results, load_results
 from stn.results.specs import TABLES
-from stn.results.tables import MISSING, build_table, display_name, load_paper_table, not_counted_lines, write_table
+from stn.results.tables import (
+    MISSING,
+    build_table,
+    display_name,
+    load_explanations,
+    load_paper_table,
+    not_counted_lines,
+    write_table,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=Path,
             help="a JSON-lines file of finished runs kept across machines: the finished runs of --runs are added to it "
             "and the table is rendered from all of them (stn.results.archive)",
+        )
+        table.add_argument(
+            "--explain",
+            type=Path,
+            help="a YAML list of {cells, evidence, text}: under the table, every cell more than 0.3 pp from the "
+            "paper with the experiment that explains it (or 'not explained yet')",
         )
         table.add_argument("--paper", type=Path, default=spec.paper_csv)
         table.add_argument("--out", type=Path, default=Path("results"))
@@ -151,6 +167,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"{args.archive}: {len(records)} finished runs ({len(found)} read from {args.runs})")
     table = build_table(records, columns, paper, args.recipe, args.missing, TABLES[args.command])
     table.note = args.note
+    table.explanations = load_explanations(args.explain) if args.explain else {}
     for path in write_table(table, args.out, args.name):
         print(f"wrote {path}")
     if table.not_counted:
