@@ -1,9 +1,9 @@
 """A table's finished runs kept as one committed file, so a table that takes longer than one machine keeps its runs
 folder (the whole-table CPU recipe: ~13 h on 2 cores) can be filled over several sessions on fresh machines.
 
-An archive (JSON lines, one finished run each) holds each run's result record as result.json has it, with what
-named this machine left out (the config's `paths` and `run_dir`, the record's folder, the stored set's folder) and
-the command that made the run added. `python -m stn.results table1 --archive FILE` adds the finished runs of
+An archive (JSON lines, one finished run each) holds each run's result record as result.json has it, with the
+paths of the machine that made it left out (each absolute path reads "<local>"; the stored set keeps its file name)
+and the command that made the run added. `python -m stn.results table1 --archive FILE` adds the finished runs of
 --runs to the archive (a run of the same cell and seed replaces the archived one) and renders the table from all.
 """
 
@@ -31,19 +31,28 @@ def run_key(record: Mapping[str, Any]) -> tuple[str, str, str, str, int]:
     )
 
 
+LOCAL = "<local>"  # what an absolute path of the machine that made the run reads as in the archive
+
+
+def without_local_paths(value: Any) -> Any:
+    """`value` with every absolute path string (data and runs folders, MNIST sources) replaced by LOCAL."""
+    if isinstance(value, dict):
+        return {key: without_local_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(item) for item in value]
+    return LOCAL if isinstance(value, str) and Path(value).is_absolute() else value
+
+
 def archived(record: Mapping[str, Any], runs_dir: Path, archive: Path) -> dict[str, Any]:
     """A finished run's record as the archive keeps it: no path of this machine, its command written out."""
-    config = {key: value for key, value in (record.get("config") or {}).items() if key not in ("paths", "run_dir")}
     folder = Path(record["path"]).parent
     where = folder.relative_to(runs_dir) if folder.is_relative_to(runs_dir) else Path(folder.name)
-    kept = {key: value for key, value in record.items() if key != "path"}
     meta = dict(record.get("data_meta") or {})
     if "path" in meta:  # the stored set: its file name (and sha256) name it; the folder was this machine's
         meta["path"] = Path(meta["path"]).name
+    kept = {key: value for key, value in record.items() if key != "path"}
     return {
-        **kept,
-        "config": config,
-        "data_meta": meta,
+        **without_local_paths({**kept, "data_meta": meta}),
         "command": record.get("command") or run_command(record),
         "path": f"{ARCHIVE_PREFIX}{archive.name}:{where.as_posix()}",
     }
