@@ -36,6 +36,11 @@ TABLE_ARGS_cpu := --missing "not run" --note "This is make reproduce-table1 RECI
   the fast recipe, seed 0, on the FCN and ST-FCN rows and the CNN on R. The cells marked not run are filled by \
   make reproduce-table1 RECIPE=cpu-full (every cell, seed 0, resumable; about 13 h on 2 cores; its table is \
   results/table1_cpu_full.md) or by RECIPE=paper on a GPU."
+TABLE_ARGS_cpu-full := --missing "not run yet" --explain results/evidence/table1_misses.yaml --note "This is make \
+  reproduce-table1 RECIPE=cpu-full: the fast recipe, seed 0, every cell, on CPU. The committed one is filled over \
+  several sessions on 2-core machines, one run at a time on 1 thread (make table1 RECIPE=cpu-full \
+  ARCHIVE=results/table1_cpu_full_runs.jsonl), so the per-cell list names each cell's CPU kernels and the caption \
+  every code version."
 LAUNCHER ?= local
 RUNS ?= runs
 # Where make table1 writes the rendered table.
@@ -121,9 +126,13 @@ reproduce-table1: $(STAMP)
 	  $(RECIPE_CELLS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS))
 	$(MAKE) table1 figures RUNS=$(RUNS) RECIPE=$(RECIPE)
 
+# ARCHIVE=FILE keeps the finished runs in FILE as well (JSON lines, no path of this machine) and renders from all
+# of them: a table too long for one machine's life fills over several (the committed results/table1_cpu_full.md is
+# rendered with ARCHIVE=results/table1_cpu_full_runs.jsonl).
+ARCHIVE ?=
 table1: $(STAMP)
 	$(PY) -m stn.results table1 --runs $(RUNS)/table1 --recipe $(RECIPE_FOLDER_$(RECIPE)) --out $(RESULTS) \
-	  --name $(or $(TABLE_NAME_$(RECIPE)),table1) $(TABLE_ARGS_$(RECIPE))
+	  --name $(or $(TABLE_NAME_$(RECIPE)),table1) $(TABLE_ARGS_$(RECIPE)) $(if $(ARCHIVE),--archive $(ARCHIVE))
 
 # The measured comparisons behind Table 1's defaults (CPU hours; results/evidence/README.md): one config each,
 # configs/evidence/<name>.yaml (its sweeps, how it is rendered, its note), rendered into results/evidence/<name>.md.

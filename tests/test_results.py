@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 from conftest import REPO_ROOT
@@ -249,3 +250,63 @@ def test_comparison_puts_each_arm_in_its_own_column_with_its_recipe(tmp_path):
     main(["compare", "--runs", str(tmp_path / "table1"), "--runs", str(tmp_path / "evidence_fixed"), "--title", "T"])
     main(["compare", "--runs", str(tmp_path), "--title", "T", "--common", "--out", str(out)])
     assert "| R | FCN | 4.50 (n=1) | 2.20 ± 0.20 (n=3) |" in out.read_text()
+
+
+def write_runs(runs, records):
+    """result.json files as a sweep leaves them (with this machine's paths in the config and data_meta)."""
+    for record in records:
+        folder = runs / record["column"] / record["model"] / f"seed{record['seed']}"
+        folder.mkdir(parents=True)
+        record = {
+            **record, "path": str(folder / "result.json"),
+            "config": {**record["config"], "paths": {"runs_dir": str(runs)}, "run_dir": str(folder)},
+            "data_meta": {"path": str(runs.parent / "data" / "set.h5"), "sha256": "ab"},
+        }  # fmt: skip
+        (folder / "result.json").write_text(json.dumps(record))
+
+
+def test_an_archive_fills_a_table_over_machines_that_do_not_keep_their_runs(tmp_path):
+    archive, out = tmp_path / "table1_runs.jsonl", tmp_path / "out"
+    args = ["table1", "--paper", str(PAPER_CSV), "--out", str(out), "--archive", str(archive)]
+    write_runs(tmp_path / "first", [finished("cnn", "P", 0, 1.9), finished("fcn", "R", 0, 2.2)])
+    main([*args, "--runs", str(tmp_path / "first")])
+    assert len(archive.read_text().splitlines()) == 2
+    assert str(tmp_path) not in archive.read_text()  # no path of the machine that ran them
+    # a fresh machine: the first runs folder is gone; it reruns one cell and adds another
+    shutil.rmtree(tmp_path / "first")
+    write_runs(tmp_path / "second", [finished("cnn", "P", 0, 1.7), finished("cnn", "E", 0, 1.4)])
+    main([*args, "--runs", str(tmp_path / "second")])
+    kept = {(r["model"], r["column"]): r["test_error"] for r in map(json.loads, archive.read_text().splitlines())}
+    assert kept == {("cnn", "P"): 1.7, ("fcn", "R"): 2.2, ("cnn", "E"): 1.4}  # the rerun replaced the archived run
+    table = (out / "table1.md").read_text()
+    assert "1.70 (n=1)<br>paper 1.5" in table and "2.20 (n=1)<br>paper 2.1" in table and "1.40 (n=1)" in table
+    # the archive alone renders the table (no runs folder on this machine yet)
+    main([*args, "--runs", str(tmp_path / "none"), "--name", "again"])
+    assert (out / "again.md").read_text().split("Code:")[1] == table.split("Code:")[1]
+
+
+def test_a_damaged_archive_line_is_a_clear_error(tmp_path):
+    archive = tmp_path / "table1_runs.jsonl"
+    archive.write_text('{"status": "finished", "seed": 0}\n{"status": "fin\n')
+    with pytest.raises(ValueError, match=r"table1_runs.jsonl:2 is not a JSON record"):
+        main(["table1", "--paper", str(PAPER_CSV), "--out", str(tmp_path), "--archive", str(archive),
+              "--runs", str(tmp_path / "none")])  # fmt: skip
+
+
+def test_cells_off_the_paper_are_listed_with_what_explains_them(tmp_path):
+    explain = tmp_path / "misses.yaml"
+    explain.write_text(
+        "- cells: [st_fcn_aff RTS]\n  evidence: results/evidence/x.md\n  text: the loc net reads 59% of the rotation\n"
+    )
+    runs = tmp_path / "runs"
+    write_runs(
+        runs, [finished("st_fcn_aff", "RTS", 0, 1.4), finished("cnn", "P", 0, 2.0), finished("fcn", "R", 0, 2.2)]
+    )
+    main(["table1", "--runs", str(runs), "--paper", str(PAPER_CSV), "--out", str(tmp_path), "--explain", str(explain)])
+    table = (tmp_path / "table1.md").read_text()
+    assert (
+        "| ST-FCN Aff RTS | +0.60 | the loc net reads 59% of the rotation ([evidence](results/evidence/x.md)) |"
+        in table
+    )
+    assert "| CNN P | +0.50 | not explained yet |" in table
+    assert "FCN R |" not in table.split("Cells more than 0.3 pp")[1].split("\n\n")[1]  # 0.1 pp off: not listed

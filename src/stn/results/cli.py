@@ -2,11 +2,16 @@
 
     python -m stn.results table1 [--runs runs/table1] [--source local|wandb] [--wandb-path ENTITY/PROJECT]
                                  [--recipe NAME] [--name table1] [--missing TEXT] [--note TEXT] [--out results]
+                                 [--archive FILE] [--explain FILE]
 
 writes results/<name>.md, .csv and .tex: for each model x column the paper's number (% test error for Table 1),
 ours as mean ± std over seeds (with n), and the difference; a cell without runs shows "—" (or --missing, e.g.
 "GPU", where the paper has a number). The caption names the training recipe (optimiser, schedule, samples, fixed or
-fresh data); one cell never averages runs of different recipes. Only runs with status "finished" count.
+fresh data); one cell never averages runs of different recipes. Only runs with status "finished" count. With
+--archive, the finished runs are also kept in FILE (one JSON line each, no path of this machine) and the table counts
+the archived runs too: a table longer than one machine's life is filled over several (stn.results.archive). With
+--explain, every cell more than 0.3 pp from the paper is listed under the table with the experiment that explains it
+(or "not explained yet").
 
     python -m stn.results compare --runs DIR [--runs DIR ...] --title TEXT [--common] [--out FILE]
 
@@ -35,10 +40,19 @@ from stn.analysis.learned import render_learned
 from stn.analysis.probe import compose_cfg, probe, render_probe
 from stn.atomic import write_atomic
 from stn.checkpoint import DamagedFileError
+from stn.results.archive import update_archive
 from stn.results.compare import render_comparison
 from stn.results.runs import load_local_results, load_results
 from stn.results.specs import TABLES
-from stn.results.tables import MISSING, build_table, display_name, load_paper_table, not_counted_lines, write_table
+from stn.results.tables import (
+    MISSING,
+    build_table,
+    display_name,
+    load_explanations,
+    load_paper_table,
+    not_counted_lines,
+    write_table,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         table.add_argument("--name", default=spec.name, help="output file name (without suffix)")
         table.add_argument("--missing", default=MISSING, help='what an unrun cell the paper reports shows (e.g. "GPU")')
         table.add_argument("--note", default="", help="a paragraph under the table (e.g. where unrun cells are)")
+        table.add_argument(
+            "--archive",
+            type=Path,
+            help="a JSON-lines file of finished runs kept across machines: the finished runs of --runs are added to it "
+            "and the table is rendered from all of them (stn.results.archive)",
+        )
+        table.add_argument(
+            "--explain",
+            type=Path,
+            help="a YAML list of {cells, evidence, text}: under the table, every cell more than 0.3 pp from the "
+            "paper with the experiment that explains it (or 'not explained yet')",
+        )
         table.add_argument("--paper", type=Path, default=spec.paper_csv)
         table.add_argument("--out", type=Path, default=Path("results"))
     compare = commands.add_parser("compare", help="compare the recipes (arms) of the runs under a folder")
@@ -131,9 +157,17 @@ def run(args: argparse.Namespace) -> None:
         _write_or_print(text, args.out)
         return
     columns, paper = load_paper_table(args.paper)
-    records = load_results(args.source, args.runs, args.wandb_path)
+    if args.archive is None:
+        records = load_results(args.source, args.runs, args.wandb_path)
+    else:  # the archive may be all there is on a fresh machine
+        if args.source != "local":
+            raise SystemExit("python -m stn.results: --archive keeps local runs (result.json files); drop --source")
+        found = load_local_results(args.runs) if args.runs.is_dir() else []
+        records = update_archive(args.archive, found, args.runs)
+        print(f"{args.archive}: {len(records)} finished runs ({len(found)} read from {args.runs})")
     table = build_table(records, columns, paper, args.recipe, args.missing, TABLES[args.command])
     table.note = args.note
+    table.explanations = load_explanations(args.explain) if args.explain else {}
     for path in write_table(table, args.out, args.name):
         print(f"wrote {path}")
     if table.not_counted:

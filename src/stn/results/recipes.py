@@ -63,7 +63,10 @@ def trained_precision(record: Mapping[str, Any]) -> str:
 
 
 def run_command(record: Mapping[str, Any]) -> str | None:
-    """The command line that made a local run: its Hydra overrides (saved beside result.json by Hydra)."""
+    """The command line that made a local run: its Hydra overrides (saved beside result.json by Hydra), or the one an
+    archived record carries (stn.results.archive)."""
+    if record.get("command"):
+        return str(record["command"])
     path = record.get("path", "")
     overrides = Path(path).parent / "hydra" / ".hydra" / "overrides.yaml"
     if not path or path.startswith("wandb:") or not overrides.is_file():

@@ -75,6 +75,8 @@ class Table:
     missing: str = MISSING  # what a cell the paper reports but we have not run shows (e.g. "GPU")
     spec: TableSpec = TABLE1
     note: str = ""  # a paragraph under the table (e.g. which cells a recipe runs and where the others are)
+    # (model, column) -> the experiment that explains the cell's distance from the paper (load_explanations)
+    explanations: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def build_table(
@@ -125,7 +127,7 @@ def build_table(
         if isinstance(record.get("wall_time_s"), int | float):
             cell.wall_times.append(float(record["wall_time_s"]))
         if record.get("device"):
-            cell.devices.add(str(record["device"]))
+            cell.devices.add(device_label(record))
         command = run_command(record)
         if command:
             cell.commands.append(command)
@@ -133,6 +135,14 @@ def build_table(
             commits.add(record["git_commit"][:10] + ("+dirty" if record.get("git_dirty") else ""))
     recipes = sorted({cell.recipe for cell in cells.values() if cell.recipe})
     return Table(columns, models, cells, recipes, not_counted, sorted(commits), missing, spec)
+
+
+def device_label(record: Mapping[str, Any]) -> str:
+    """'cuda:0', or for a CPU run the kernels torch chose ('cpu AVX512'): CPU numbers differ between kernel sets,
+    so a table filled on several machines says which cells ran on which."""
+    device = str(record["device"])
+    kernels = ((record.get("environment") or {}).get("cpu_kernels") or {}).get("cpu_capability")
+    return f"{device} {kernels}" if device == "cpu" and kernels else device
 
 
 def display_name(model: str) -> str:
@@ -271,6 +281,36 @@ def agreement_lines(table: Table) -> list[str]:
     return ["", text]
 
 
+def load_explanations(path: Path) -> dict[tuple[str, str], str]:
+    """A YAML list of {cells: ["<model> <column>", ...], evidence: <file>, text: <what it measured>} -> (model,
+    column) -> "text (evidence)"."""
+    from omegaconf import OmegaConf
+
+    explanations = {}
+    for number, entry in enumerate(OmegaConf.to_container(OmegaConf.load(path)) or [], 1):
+        if not isinstance(entry, dict) or not {"cells", "evidence", "text"} <= entry.keys():
+            raise ValueError(f"{path}: entry {number} needs cells, evidence and text")
+        for name in entry["cells"]:
+            model, _, column = str(name).partition(" ")
+            explanations[model, column] = f"{entry['text']} ([evidence]({entry['evidence']}))"
+    return explanations
+
+
+def miss_lines(table: Table) -> list[str]:
+    """Every run cell more than 0.3 pp from the paper, with the experiment that explains it or 'not explained'."""
+    tolerance = AGREEMENT_PP[0]
+    misses = [(m, c, cell) for (m, c), cell in table.cells.items() if cell.diff is not None]
+    misses = [(m, c, cell) for m, c, cell in misses if abs(cell.diff) > tolerance + 1e-9]
+    if not misses:
+        return []
+    lines = ["", f"Cells more than {tolerance:g} pp from the paper:", "", "| Cell | Δ | Explained by |"]
+    lines.append("|---|---:|---|")
+    for model, column, cell in misses:
+        why = table.explanations.get((model, column), "not explained yet")
+        lines.append(f"| {display_name(model)} {column} | {format_number(cell.diff, signed=True)} | {why} |")
+    return lines
+
+
 def render_markdown(table: Table) -> str:
     header = ["Model", "Params", *table.columns]
     lines = [f"**{caption(table)}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -281,6 +321,8 @@ def render_markdown(table: Table) -> str:
             row.append(_markdown_cell(table, cell))
         lines.append("| " + " | ".join(row) + " |")
     lines += agreement_lines(table)
+    if table.explanations:
+        lines += miss_lines(table)
     if table.note:
         lines += ["", table.note]
     lines += _per_cell_lines(table)
