@@ -50,7 +50,7 @@ def archived(record: Mapping[str, Any], runs_dir: Path, archive: Path) -> dict[s
     meta = dict(record.get("data_meta") or {})
     if "path" in meta:  # the stored set: its file name (and sha256) name it; the folder was this machine's
         meta["path"] = Path(meta["path"]).name
-    kept = {key: value for key, value in record.items() if key != "path"}
+    kept = {key: value for key, value in record.items() if key not in ("path", "run_identity")}  # identity: the config
     return {
         **without_local_paths({**kept, "data_meta": meta}),
         "command": record.get("command") or run_command(record),
