@@ -135,7 +135,11 @@ def test_make_table1_on_a_cpu_marks_the_unrun_cells_and_says_where_they_are(swee
     full = [*command[:3], "RECIPE=cpu-full", f"RECIPE_FOLDER_cpu-full={RECIPE}", *command[5:]]
     done = subprocess.run(full, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "not run" not in (tmp_path / "table1_cpu_full.md").read_text()
+    full_table = (tmp_path / "table1_cpu_full.md").read_text()
+    assert "This is make reproduce-table1 RECIPE=cpu-full" in full_table  # its own note, not the cpu recipe's
+    assert "filled by make reproduce-table1 RECIPE=cpu-full" not in full_table
+    assert f"{fcn_r['test_error']:.2f} (n=1)<br>paper 2.1" in full_table
+    assert "not run yet<br>paper 1.5" in full_table  # CNN on P: not in this sweep, so not run yet
 
 
 def test_rendering_a_table_from_a_missing_runs_folder_is_one_clear_error(tmp_path, capsys):

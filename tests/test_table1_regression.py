@@ -89,6 +89,34 @@ EXPECTED = {
 }
 
 
+# The same code under the same portable kernels still rounds differently on some hosts (oneDNN and MKL also pick
+# their blocking by the host, not only by the instruction set). Measured 2026-12-06 on an Intel Xeon (AVX-512) CI
+# host with the code of 4f16cf5, which matches EXPECTED on the AMD EPYC hosts it was recorded on: test errors and
+# losses equal, the weights different in their last bits, and the ST-CNN's second validation one digit apart. Keyed
+# by /proc/cpuinfo's vendor_id; a host of another vendor is held to EXPECTED.
+HOST_DIFFERENCES = {
+    "GenuineIntel": {
+        "st_cnn_aff": {
+            "val_history": [[10, 87.4], [20, 86.4]],
+            "weights_sha256": "b79e54f567317882803caadd285e190e94473d898d5898d31da6fe65b1fb16c9",
+        },
+        "fcn": {"weights_sha256": "a9017ab82a758c8169ee0dfc13b58721daccd910166d311a1e8f898a3959f45f"},
+        "p_st_fcn_tps": {"weights_sha256": "65163a102513fa5a3075b49050d5c2e3d562cf5137b9c8d6a972473de095b5cb"},
+        "rts_st_fcn_proj": {"weights_sha256": "12535b63070e976b9e9b2d3827baacc62be9d0a8a4c3c913b52369892bf31196"},
+    },
+}
+
+
+def cpu_vendor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 class LossRecorder(NoLogger):
     """logger=none that keeps the training losses the trainer logs."""
 
@@ -153,7 +181,7 @@ def test_a_short_table1_run_reproduces_its_recorded_numbers_exactly(cell, portab
     # the portable kernels and one thread really were in use, and the run was the 20-iteration CPU run
     assert measured.pop("kernels") == {"cpu_capability": "DEFAULT", "threads": 1}
     assert measured.pop("run") == {"iterations": 20, "device": "cpu"}
-    assert measured == EXPECTED[cell]
+    assert measured == {**EXPECTED[cell], **HOST_DIFFERENCES.get(cpu_vendor(), {}).get(cell, {})}
 
 
 if __name__ == "__main__":  # the child process of the test above
