@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from stn.data import load_splits
-from stn.data.volume3d import extrude, place, rotation, sample_placements
+from stn.data.volume3d import extrude, place, render, rotation, sample_placements
 from stn.figures import runs_figure, volume_samples
 from stn.models import count_parameters
 from stn.models.params import CONFIG_DIR
@@ -46,6 +46,15 @@ def test_placement_identity_whole_voxel_moves_and_quarter_turns():
         atol=1e-6,
         rtol=0,
     )
+
+
+def test_rendering_equals_placing_the_extruded_volume():
+    angles, offsets = sample_placements(4, 45.0, 6.0, torch.Generator().manual_seed(2))
+    many = digits(4)
+    reference = place(extrude(many, side=60, thickness=16), angles, offsets)
+    rendered = render(many, 60, 16, angles, offsets)
+    torch.testing.assert_close(rendered, reference, atol=1e-3, rtol=0)  # grey levels 0-255: the same up to rounding
+    assert reference.abs().sum() > 1000 * 255  # a turned digit, not an empty volume
 
 
 def test_random_placements_are_seeded_and_bounded():
