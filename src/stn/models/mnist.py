@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from stn.transformers import ConvLocNet, FCLocNet, SpatialTransformer, make_transform
+from stn.transformers.locnets import downsample_layer, downsampled
 
 CLASSIFIERS = ("fcn", "cnn")
 LOC_NETS = ("fc", "conv")
@@ -104,7 +105,14 @@ def spatial_transformer(transform: str, loc_net: Mapping, input_shape: Sequence[
     kind = settings.pop("kind", None)
     channels, height, width = input_shape
     if kind == "fc":
-        body = FCLocNet(channels * height * width, **settings)
+        # [open] optionally on the input downsampled x`downsample` (as the ST-CNN's loc net), which shrinks its first
+        # layer, and so the share of the equal-parameter budget it takes from the classifier, by downsample^2
+        factor, op = int(settings.pop("downsample", 1)), settings.pop("downsample_op", "max")
+        pool = downsample_layer(op, factor)
+        sides = [math.ceil(side / factor) for side in (height, width)]
+        body = FCLocNet(channels * sides[0] * sides[1], **settings)
+        if factor > 1:
+            body = downsampled(pool, body)
     elif kind == "conv":
         body = ConvLocNet(channels, (height, width), **settings)
     else:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from stn.models.mnist import classifier_net, count_parameters, pooled_shape, reference_parameters, solve_width
 from stn.transformers import Affine3DTransform, FCLocNet, SpatialTransformer
+from stn.transformers.locnets import downsampled
 
 PROJECTIONS = ("mean", "max")
 
@@ -51,10 +52,7 @@ class Volume3DNet(nn.Module):
 def volume_loc_net(input_shape: Sequence[int], downsample: int, hidden: Sequence[int]) -> nn.Sequential:
     """Average-pool the volume `downsample` x per axis, then Table 1's FC loc net body (out_features: its width)."""
     channels, *sides = input_shape
-    body = FCLocNet(channels * (min(sides) // downsample) ** 3, hidden)
-    net = nn.Sequential(nn.AvgPool3d(downsample), body)
-    net.out_features = body.out_features
-    return net
+    return downsampled(nn.AvgPool3d(downsample), FCLocNet(channels * (min(sides) // downsample) ** 3, hidden))
 
 
 def volume3d_net(

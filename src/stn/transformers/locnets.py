@@ -28,6 +28,22 @@ class FCLocNet(nn.Sequential):
 DOWNSAMPLE_OPS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
+def downsampled(pool: nn.Module, body: nn.Module) -> nn.Sequential:
+    """`pool` (a downsampling of the input) -> `body`, exposing the body's out_features."""
+    net = nn.Sequential(pool, body)
+    net.out_features = body.out_features
+    return net
+
+
+def downsample_layer(op: str, factor: int, ceil_mode: bool = True) -> nn.Module:
+    """The 2D `op` pooling ("max" | "avg") of `factor` x `factor` that downsamples a loc net's input."""
+    if op not in DOWNSAMPLE_OPS:
+        raise ValueError(f"downsample_op must be one of {sorted(DOWNSAMPLE_OPS)}, got {op!r}")
+    if factor < 1:
+        raise ValueError(f"downsample must be >= 1 (1 = none), got {factor}")
+    return DOWNSAMPLE_OPS[op](factor, ceil_mode=ceil_mode)
+
+
 class ConvLocNet(nn.Sequential):
     """ST-CNN loc net: downsample x`downsample` -> conv k x k x C -> ReLU -> maxpool 2 -> conv -> ReLU -> FC -> ReLU.
 
@@ -45,15 +61,12 @@ class ConvLocNet(nn.Sequential):
         fc: int | Sequence[int] = 20,
         pool_ceil: bool = True,
     ) -> None:
-        if downsample_op not in DOWNSAMPLE_OPS:
-            raise ValueError(f"downsample_op must be one of {sorted(DOWNSAMPLE_OPS)}, got {downsample_op!r}")
-        if downsample < 1:
-            raise ValueError(f"downsample must be >= 1 (1 = none), got {downsample}")
+        pool = downsample_layer(downsample_op, downsample, pool_ceil)
         rounding = math.ceil if pool_ceil else math.floor
         size = list(in_size)
         layers: list[nn.Module] = []
         if downsample > 1:
-            layers.append(DOWNSAMPLE_OPS[downsample_op](downsample, ceil_mode=pool_ceil))
+            layers.append(pool)
             size = [rounding(s / downsample) for s in size]
         layers += [
             nn.Conv2d(in_channels, channels, kernel),
