@@ -7,7 +7,8 @@ A comparison's config holds
     title, note   the rendered file's heading and its reading (machine, numbers, conclusion)
     runs          the sweeps it trains, in order: each the overrides of one
                   `python -m stn.train --multirun experiment=table1 ... paths.runs_dir=<runs>` (finished runs are
-                  reported, not retrained, so sweeps shared between comparisons cost once)
+                  reported, not retrained, so sweeps shared between comparisons cost once); a sweep that names its
+                  own experiment= (e.g. experiment=addition) runs that one instead of table1
     render        compare | learned | probe: the `python -m stn.results` command that renders it into
                   results/evidence/<name>.md
     inputs        the run folders (under <runs>) it renders, each passed as --runs
@@ -53,8 +54,12 @@ def load(name: str) -> dict[str, Any]:
 def commands(name: str, runs: Path, python: str = sys.executable) -> list[list[str]]:
     """The commands that train and render comparison `name`, in order."""
     spec = load(name)
-    train = [python, "-m", "stn.train", "--multirun", "experiment=table1"]
-    sweeps = [[*train, *shlex.split(overrides), f"paths.runs_dir={runs}"] for overrides in spec.get("runs", [])]
+    train = [python, "-m", "stn.train", "--multirun"]
+    sweeps = []
+    for overrides in spec.get("runs", []):
+        words = shlex.split(overrides)
+        experiment = [] if any(word.startswith("experiment=") for word in words) else ["experiment=table1"]
+        sweeps.append([*train, *experiment, *words, f"paths.runs_dir={runs}"])
     render = [python, "-m", "stn.results", spec["render"]]
     for folder in spec.get("inputs", []):
         render += ["--runs", str(runs / folder)]
