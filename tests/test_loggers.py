@@ -99,6 +99,18 @@ def test_wandb_offline_run_reads_back_also_after_a_resume(tmp_path, monkeypatch,
     assert [row["train/loss"] for row in run.history] == [2.25, 1.5]
 
 
+def test_the_3d_experiment_logs_its_projections_as_a_panel(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_train(["data=mnist_3d", "model=vol_st_cnn", "logger=wandb", "experiment_name=logtest3d"])
+    volumes = torch.randint(0, 256, (2, 60, 60, 60), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    logger = build_logger(cfg, tmp_path)
+    logger.log_panels(instantiate(cfg.model.net), volumes, torch.tensor([3, 5]), step=5)
+    logger.finish({"status": "finished", "test_error": 50.0})
+    (run,) = offline_wandb_runs(tmp_path)
+    panel = run.history[0]["panels/transformations"]
+    assert panel["_type"] == "image-file" and len(list(tmp_path.rglob(f"files/{panel['path']}"))) == 1
+
+
 def test_a_crashed_job_leaves_its_wandb_run_marked_failed(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = compose_train(["data=mnist_p", "model=cnn", "logger=wandb"])

@@ -13,7 +13,13 @@ from typing import Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from stn.figures import draw_transformations, figure_to_array, transformation_samples, transformer_calls
+from stn.figures import (
+    draw_transformations,
+    figure_to_array,
+    transformation_samples,
+    transformer_calls,
+    volume_samples,
+)
 from stn.transformers import SpatialTransformer
 
 PICTURE_CHANNELS = (1, 2, 3)  # grey, MNIST addition's digit pair, RGB: what stn.figures draws
@@ -76,9 +82,9 @@ class WandbLogger:
         self.run.log(dict(metrics), step=step)
 
     def log_panels(self, model: nn.Module, images: Tensor, labels: Tensor, step: int) -> None:
-        if images.shape[1] not in PICTURE_CHANNELS:  # the 3D experiment's volumes: no picture (theta is logged)
-            return
-        figure = draw_transformations([("", transformation_samples(model, images, labels))], max_rows=PANEL_ROWS)
+        # pictures, or the 3D experiment's volumes [B, D, H, W] (drawn flattened along depth)
+        samples = transformation_samples if images.shape[1] in PICTURE_CHANNELS else volume_samples
+        figure = draw_transformations([("", samples(model, images, labels))], max_rows=PANEL_ROWS)
         self.run.log({"panels/transformations": self._wandb.Image(figure_to_array(figure))}, step=step)
 
     def finish(self, summary: Mapping[str, Any]) -> None:

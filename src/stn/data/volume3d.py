@@ -158,7 +158,8 @@ class VolumeSplits(LabelledSplits):
     redraw: None = None
 
     def volumes(self, digits: Tensor, angles: Tensor, offsets: Tensor) -> Tensor:
-        placed = render(digits[:, 0], self.cfg.side, self.cfg.thickness, angles.to(digits.device), offsets.to(digits.device))
+        angles, offsets = angles.to(digits.device), offsets.to(digits.device)
+        placed = render(digits[:, 0], self.cfg.side, self.cfg.thickness, angles, offsets)
         return placed[:, 0].round().clamp(0, 255).byte()
 
     def train_transform(self, digits: Tensor, generator: torch.Generator) -> Tensor:
