@@ -105,7 +105,7 @@ def test_table_counts_finished_runs_only_and_marks_missing_cells():
     assert "over the 2 cells run here: 1 within 0.3 pp, 2 within 1 pp." in markdown  # FCN R +0.40, RTS -0.20
     assert (
         "recipe: SGD lr 0.01, momentum 0.9, weight decay 0, x0.1 at 33%, 67% of the budget, 500 iterations x 256 = "
-        "0.13M samples (0% of the paper's 38.4M), fresh training distortions every epoch;" in markdown
+        "0.13M samples (0.33% of the paper's 38.4M), fresh training distortions every epoch;" in markdown
     )
     assert "0123456789+" not in markdown
     assert "| FCN | R | 2.1 | 2.50 ± 0.71 (n=2) | +0.40 | 0.13M | 1.5 min | cpu | — |" in markdown  # per-cell list

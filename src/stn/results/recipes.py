@@ -42,7 +42,11 @@ def recipe_of(record: Mapping[str, Any], paper_samples: int | None = None) -> st
         words.append(f"loc-net lr x{optim['loc_lr_mult']:g}")
     words.append(_schedule_words(optim))
     samples = budget["iterations"] * budget["batch_size"]
-    share = f" ({samples / paper_samples:.0%} of the paper's {paper_samples / 1e6:.1f}M)" if paper_samples else ""
+    share = ""
+    if paper_samples:
+        ratio = samples / paper_samples
+        percent = f"{ratio:.0%}" if ratio >= 0.01 else f"{ratio:.2%}"  # a short CPU budget is not "0%"
+        share = f" ({percent} of the paper's {paper_samples / 1e6:.1f}M)"
     words.append(f"{budget['iterations']:,} iterations x {budget['batch_size']} = {samples / 1e6:.2f}M samples{share}")
     data = config.get("data") or {}
     if "redraw_train" in data:  # generated data (distorted MNIST): a fixed stored training set or fresh draws

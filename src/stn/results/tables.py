@@ -147,11 +147,13 @@ def device_label(record: Mapping[str, Any]) -> str:
 
 def display_name(model: str) -> str:
     """'st_cnn_tps' -> 'ST-CNN TPS', 'fcn' -> 'FCN', '2st_cnn_448' -> '2xST-CNN 448px', '2st_fcn_aff' -> '2xST-FCN Aff',
-    'lin2015' -> 'Lin 2015' (the paper's row names)."""
+    'lin2015' -> 'Lin 2015', 'vol_st_cnn' -> 'Volume ST-CNN' (the paper's row names)."""
     if cub := re.fullmatch(r"(?:(\d+)st_)?cnn_(\d+)", model):  # Table 3: [N transformers,] input size
         return f"{f'{cub[1]}xST-' if cub[1] else ''}CNN {cub[2]}px"
     if several := re.fullmatch(r"(\d+)(st_\w+)", model):  # MNIST addition's 2xST-FCNs: 2st_fcn_aff
         return f"{several[1]}x{display_name(several[2])}"
+    if volume := re.fullmatch(r"vol_(st_)?cnn", model):  # the 3D experiment: a CNN of the flattened volume
+        return f"Volume {'ST-' if volume[1] else ''}CNN"
     if cited := re.fullmatch(r"([a-z]+)(\d{4})", model):  # Table 3's published methods
         return f"{cited[1].capitalize()} {cited[2]}"
     parts = model.split("_")
