@@ -216,7 +216,7 @@ figures-table3: $(STAMP)
 # results/figures/addition_transformers.png. RECIPE=paper (default on a GPU): Table 1's schedule, 3 seeds (24 runs);
 # RECIPE=fast: the fast recipe, 3 seeds; RECIPE=cpu (default otherwise): half the fast recipe's budget (7,500 x 256 =
 # 1.92M samples), seed 0, the 8 models, two 1-thread trainings at a time (the CNN, about half of all the compute,
-# starts first, beside the FC models): ~1 h on 2 CPU cores (the measured wall time is in results/addition.md).
+# starts first, beside the FC models): 70 min on 2 CPU cores, measured (results/addition.md).
 .PHONY: reproduce-addition addition figures-addition
 ADD_ARGS_paper := $(RECIPE_ARGS_paper)
 ADD_ARGS_fast := $(RECIPE_ARGS_fast)
@@ -232,8 +232,27 @@ reproduce-addition: $(STAMP)
 	$(PY) -m stn.train --multirun experiment=addition $(ADD_ARGS_$(RECIPE)) hydra/launcher=$(ADD_LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
 	$(MAKE) addition figures-addition RUNS=$(RUNS) RECIPE=$(RECIPE)
 
+ADD_TABLE_ARGS_cpu := --note "This is make reproduce-addition RECIPE=cpu: half the fast budget, seed 0, the 8 \
+  models, two 1-thread trainings at a time on 2 CPU cores (AMD EPYC, fp32): 70 min wall measured, the CNN 70 min on \
+  one core and the seven FC models 32 min on the other. At this budget the 2xST-FCNs trail the single ST-FCNs: their \
+  two transformers have not taken one digit each (results/figures/addition_transformers.png), and the \
+  equal-parameter rule leaves their FCN 118 hidden units against the single ST-FCN's 203 (the loc-net choices: \
+  results/evidence/addition_loc_net.md)."
 addition: $(STAMP)
-	$(PY) -m stn.results addition --runs $(RUNS)/addition --recipe $(ADD_FOLDER_$(RECIPE)) --out $(RESULTS)
+	@test -n "$(ADD_ARGS_$(RECIPE))" || { echo "MNIST addition recipes: RECIPE=paper, fast or cpu, got RECIPE=$(RECIPE)"; exit 2; }
+	@echo "MNIST addition sweep: recipe $(RECIPE) ($(ADD_ARGS_$(RECIPE))), launcher $(ADD_LAUNCHER), runs in $(RUNS)/addition"
+	$(PY) -m stn.train --multirun experiment=addition $(ADD_ARGS_$(RECIPE)) hydra/launcher=$(ADD_LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
+	$(MAKE) addition figures-addition RUNS=$(RUNS) RECIPE=$(RECIPE)
+
+ADD_TABLE_ARGS_cpu := --note "This is make reproduce-addition RECIPE=cpu: half the fast budget, seed 0, the 8 \
+  models, two 1-thread trainings at a time on 2 CPU cores: 70 min wall \
+  measured (the CNN 70 min on one core, the seven FC models 31 min on the other), AMD EPYC, fp32. At this budget the 2xST-FCNs trail the single \
+  ST-FCNs: their two transformers have not yet taken one digit each (results/figures/addition_transformers.png), and \
+  the equal-parameter rule leaves their FCN 118 hidden units against the single ST-FCN's 203 (the loc-net choices: \
+  results/evidence/addition_loc_net.md)."
+addition: $(STAMP)
+	$(PY) -m stn.results addition --runs $(RUNS)/addition --recipe $(ADD_FOLDER_$(RECIPE)) --out $(RESULTS) \
+	  $(ADD_TABLE_ARGS_$(RECIPE))
 
 figures-addition: $(STAMP)
 	$(PY) -m stn.figures addition --runs $(RUNS)/addition/$(ADD_FOLDER_$(RECIPE)) --out results/figures/addition_transformers.png
@@ -263,8 +282,13 @@ reproduce-3d: $(STAMP)
 	$(PY) -m stn.train --multirun experiment=transformer3d $(T3D_ARGS_$(RECIPE)) hydra/launcher=$(LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
 	$(MAKE) transformer3d figures-3d RUNS=$(RUNS) RECIPE=$(RECIPE)
 
+T3D_TABLE_ARGS_cpu := --note "This is make reproduce-3d RECIPE=cpu: 1,000 iterations of 32 freshly placed volumes, \
+  seed 0, tested on the first 2,000 test digits (each at its fixed placement), CPU, 1 thread. The paper gives no \
+  numbers (a figure only): the rows compare the same classifier with and without the 3D transformer at equal \
+  parameters."
 transformer3d: $(STAMP)
-	$(PY) -m stn.results transformer3d --runs $(RUNS)/transformer3d --recipe $(T3D_FOLDER_$(RECIPE)) --out $(RESULTS)
+	$(PY) -m stn.results transformer3d --runs $(RUNS)/transformer3d --recipe $(T3D_FOLDER_$(RECIPE)) --out $(RESULTS) \
+	  $(T3D_TABLE_ARGS_$(RECIPE))
 
 figures-3d: $(STAMP)
 	$(PY) -m stn.figures transformer3d --runs $(RUNS)/transformer3d/$(T3D_FOLDER_$(RECIPE)) --out results/figures/transformer3d_projections.png
