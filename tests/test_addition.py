@@ -121,8 +121,11 @@ def test_every_addition_model_runs_and_has_the_same_parameter_count(data_overrid
             torch.testing.assert_close(transformer(x), x, atol=1e-5, rtol=0)
 
 
-def test_the_2st_fcn_shares_one_loc_net_body_and_runs_it_once(data_overrides):
+def test_the_2st_fcn_has_a_loc_net_per_transformer_or_one_shared_body_run_once(data_overrides):
     model = instantiate(config(*data_overrides, "model=2st_fcn_aff").model.net)
+    first, second = model.transformers
+    assert first.loc_net is not second.loc_net and not model.shared  # the default: separate bodies
+    model = instantiate(config(*data_overrides, "model=2st_fcn_aff", "model.net.shared_loc_net=true").model.net)
     first, second = model.transformers
     assert first.loc_net is second.loc_net and first.regressor is not second.regressor
     calls = []
