@@ -226,41 +226,17 @@ ADD_FOLDER_fast := fast-fast
 ADD_FOLDER_cpu := fast-cpu_add
 ADD_LAUNCHER_cpu := parallel
 ADD_LAUNCHER ?= $(or $(ADD_LAUNCHER_$(RECIPE)),$(LAUNCHER))
+ADD_TABLE_ARGS_cpu := --note "This is make reproduce-addition RECIPE=cpu: half the fast budget, seed 0, the 8 \
+  models, two 1-thread trainings at a time on 2 CPU cores (AMD EPYC, fp32): 70 min wall, measured with the earlier \
+  shared-loc-net 2xST-FCNs (the CNN 70 min on one core, the seven FC models 32 min on the other); the three \
+  2xST-FCNs, rerun with a loc net per transformer (5-11 min each, partly beside other work), keep the FC core \
+  within the CNN's time. The loc-net choices behind the 2xST-FCN's gain: results/evidence/addition_loc_net.md."
 reproduce-addition: $(STAMP)
 	@test -n "$(ADD_ARGS_$(RECIPE))" || { echo "MNIST addition recipes: RECIPE=paper, fast or cpu, got RECIPE=$(RECIPE)"; exit 2; }
 	@echo "MNIST addition sweep: recipe $(RECIPE) ($(ADD_ARGS_$(RECIPE))), launcher $(ADD_LAUNCHER), runs in $(RUNS)/addition"
 	$(PY) -m stn.train --multirun experiment=addition $(ADD_ARGS_$(RECIPE)) hydra/launcher=$(ADD_LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
 	$(MAKE) addition figures-addition RUNS=$(RUNS) RECIPE=$(RECIPE)
 
-ADD_TABLE_ARGS_cpu := --note "This is make reproduce-addition RECIPE=cpu: half the fast budget, seed 0, the 8 \
-  models, two 1-thread trainings at a time on 2 CPU cores (AMD EPYC, fp32): 70 min wall, measured with the earlier \
-  shared-loc-net 2xST-FCNs (the CNN 70 min on one core, the seven FC models 32 min on the other); the three \
-  2xST-FCNs, rerun with a loc net per transformer (5-11 min each, partly beside other work), keep the FC core within the \
-  CNN's time. The loc-net choices behind the 2xST-FCN's gain: results/evidence/addition_loc_net.md."
-addition: $(STAMP)
-	@test -n "$(ADD_ARGS_$(RECIPE))" || { echo "MNIST addition recipes: RECIPE=paper, fast or cpu, got RECIPE=$(RECIPE)"; exit 2; }
-	@echo "MNIST addition sweep: recipe $(RECIPE) ($(ADD_ARGS_$(RECIPE))), launcher $(ADD_LAUNCHER), runs in $(RUNS)/addition"
-	$(PY) -m stn.train --multirun experiment=addition $(ADD_ARGS_$(RECIPE)) hydra/launcher=$(ADD_LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
-	$(MAKE) addition figures-addition RUNS=$(RUNS) RECIPE=$(RECIPE)
-
-ADD_TABLE_ARGS_cpu := --note "This is make reproduce-addition RECIPE=cpu: half the fast budget, seed 0, the 8 \
-  models, two 1-thread trainings at a time on 2 CPU cores (AMD EPYC, fp32): 70 min wall measured, the CNN 70 min on \
-  one core and the seven FC models 32 min on the other. At this budget the 2xST-FCNs trail the single ST-FCNs: their \
-  two transformers have not taken one digit each (results/figures/addition_transformers.png), and the \
-  equal-parameter rule leaves their FCN 118 hidden units against the single ST-FCN's 203 (the loc-net choices: \
-  results/evidence/addition_loc_net.md)."
-addition: $(STAMP)
-	@test -n "$(ADD_ARGS_$(RECIPE))" || { echo "MNIST addition recipes: RECIPE=paper, fast or cpu, got RECIPE=$(RECIPE)"; exit 2; }
-	@echo "MNIST addition sweep: recipe $(RECIPE) ($(ADD_ARGS_$(RECIPE))), launcher $(ADD_LAUNCHER), runs in $(RUNS)/addition"
-	$(PY) -m stn.train --multirun experiment=addition $(ADD_ARGS_$(RECIPE)) hydra/launcher=$(ADD_LAUNCHER) paths.runs_dir=$(RUNS) $(EXTRA)
-	$(MAKE) addition figures-addition RUNS=$(RUNS) RECIPE=$(RECIPE)
-
-ADD_TABLE_ARGS_cpu := --note "This is make reproduce-addition RECIPE=cpu: half the fast budget, seed 0, the 8 \
-  models, two 1-thread trainings at a time on 2 CPU cores: 70 min wall \
-  measured (the CNN 70 min on one core, the seven FC models 31 min on the other), AMD EPYC, fp32. At this budget the 2xST-FCNs trail the single \
-  ST-FCNs: their two transformers have not yet taken one digit each (results/figures/addition_transformers.png), and \
-  the equal-parameter rule leaves their FCN 118 hidden units against the single ST-FCN's 203 (the loc-net choices: \
-  results/evidence/addition_loc_net.md)."
 addition: $(STAMP)
 	$(PY) -m stn.results addition --runs $(RUNS)/addition --recipe $(ADD_FOLDER_$(RECIPE)) --out $(RESULTS) \
 	  $(ADD_TABLE_ARGS_$(RECIPE))
