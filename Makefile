@@ -14,8 +14,9 @@ STAMP := $(VENV)/.installed
 #          default without a GPU); the other cells show "not run" and the note under the table says where they are
 #   cpu-full: the fast recipe, 1 seed, every cell (the cpu cells first, then the CNN and ST-CNN rows), two 1-thread
 #          runs at a time on 2 cores; resumable (rerun the same command); results/table1_cpu_full.{md,csv,tex}. Its
-#          total is not measured yet and exceeds the earlier 13 h estimate: the full-resolution CNN alone trains at
-#          ~500 images/s on 42x42 RTS digits on 2 cores (~2 h per run; results/bench/cpu_layout/), more on TC's 60x60
+#          total is not measured end to end; estimated ~10 h on 2 cores from the measured cells (FC cells 2-15 min,
+#          28x28 conv cells 44-55 min, 1 thread each) and results/bench/train_cpu.md (the full-resolution CNN trains
+#          at ~500 images/s on RTS's 42x42 on 2 cores, ~2 h a run; ~4 h expected on TC's 60x60)
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 RECIPE ?= $(if $(HAS_GPU),paper,cpu)
 RECIPE_ARGS_paper := optim=sgd_table1 budget=paper
@@ -35,7 +36,7 @@ RECIPE_FOLDER_cpu-full := fast-fast
 TABLE_NAME_cpu-full := table1_cpu_full
 TABLE_ARGS_cpu := --missing "not run" --note "This is make reproduce-table1 RECIPE=cpu (about 2 h on 2 CPU cores): \
   the fast recipe, seed 0, on the FCN and ST-FCN rows and the CNN on R. The cells marked not run are filled by \
-  make reproduce-table1 RECIPE=cpu-full (every cell, seed 0, resumable; about 13 h on 2 cores; its table is \
+  make reproduce-table1 RECIPE=cpu-full (every cell, seed 0, resumable; estimated ~10 h on 2 cores; its table is \
   results/table1_cpu_full.md) or by RECIPE=paper on a GPU."
 TABLE_ARGS_cpu-full := --missing "not run yet" --explain results/evidence/table1_misses.yaml --note "This is make \
   reproduce-table1 RECIPE=cpu-full: the fast recipe, seed 0, every cell, on CPU. The committed one is filled over \
@@ -248,7 +249,8 @@ figures-addition: $(STAMP)
 # once by stn.train and cached under $(RUNS)/colocalisation_encoder), then one optimisation per digit class on T and
 # TC -> results/colocalisation.{md,csv} and results/figures/colocalisation_windows.png. COLOC_ARGS: key=value
 # overrides of configs/colocalisation.yaml (e.g. optim.steps=300 classes=[1,7]). CPU, measured on one thread: the
-# encoder 7.1 min (once, 2000 iterations), the 20 runs 19.8 min (400 steps, ~1 min each).
+# encoder 7.1 min (once, 2000 iterations), the 20 runs 19.8 min (400 steps, ~1 min each; 25.9 min beside two
+# trainings).
 .PHONY: reproduce-colocalisation
 COLOC_ARGS ?=
 reproduce-colocalisation: $(STAMP)

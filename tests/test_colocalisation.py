@@ -36,6 +36,24 @@ def test_triplet_hinge_on_a_hand_computed_example():
     assert triplet_hinge(anchors, anchors, crops, margin=1.0).tolist() == [0.0, 0.0]  # max(0, 0 - 4 + 1), (0 - 1 + 1)
 
 
+def test_the_encoder_concatenates_its_layers_raw_or_scaled():
+    """none: the raw activations side by side; all: their concatenation at unit length; layer: each layer at length
+    1/sqrt(3), so each weighs alike and the whole has unit length."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    x = torch.rand(4, 1, 4, 4)
+    hidden = model[:3](x)
+    raw = torch.cat([model[1](x.flatten(1)), hidden, model(x)], 1)
+    codes = {kind: Encoder(model, ["1", "2", "3"], kind)(x) for kind in Encoder.NORMALISE}
+    assert torch.allclose(codes["none"], raw)
+    assert torch.allclose(codes["all"], raw / raw.norm(dim=1, keepdim=True))
+    blocks = codes["layer"].split([5, 5, 3], 1)
+    for block in blocks:
+        assert torch.allclose(block.norm(dim=1), torch.full((4,), 3**-0.5))
+    with pytest.raises(ValueError, match="encoder.normalise='unit'; valid: none, all, layer"):
+        Encoder(model, ["1"], "unit")
+
+
 def test_iou_on_hand_made_boxes():
     first = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 4.0]])
     second = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 0.0, 3.0, 2.0], [5.0, 5.0, 6.0, 6.0], [1.0, 1.0, 3.0, 3.0]])
@@ -111,7 +129,7 @@ def test_a_short_real_colocalisation_run_keeps_the_windows_on_their_digits(tmp_p
     images, boxes = load_set(data_configs(cfg)["T"], mnist_raw_root)[1]
     inputs = images.float() / 255
     codes = encoder(inputs[:, :, :28, :28])
-    assert codes.shape[1] == 64 * 10 * 10 + 64 * 2 * 2 + 10 and torch.allclose(codes.norm(dim=1), torch.ones(100))
+    assert codes.shape == (100, 64 * 10 * 10 + 64 * 2 * 2 + 10)
 
     def on_digit(through_other: bool) -> float:
         run = colocalise(OmegaConf.merge(cfg, {"optim": {"through_other": through_other}}), encoder, images, boxes, 0)
@@ -120,4 +138,6 @@ def test_a_short_real_colocalisation_run_keeps_the_windows_on_their_digits(tmp_p
 
     anchor_only, full = on_digit(False), on_digit(True)
     print(f"windows on their digit after 100 steps: anchor-only gradient {anchor_only:.2f}, full gradient {full:.2f}")
-    assert anchor_only >= 0.9 and full <= 0.5  # measured: 0.99 and 0.07 (50 s on one CPU thread)
+    # measured with the raw codes (encoder.normalise=none): 0.95 and 0.53; with unit-length codes the collapse was
+    # starker (0.99 and 0.07)
+    assert anchor_only >= 0.9 and full <= anchor_only - 0.3

@@ -181,11 +181,17 @@ def random_windows(images: Tensor, scale: Tensor, out_size: int, generator: torc
 
 
 class Encoder(nn.Module):
-    """A trained classifier's activations at `layers` (module names), flattened and concatenated (and scaled to unit
-    length with `normalise`); frozen."""
+    """A trained classifier's activations at `layers` (module names), flattened and concatenated; frozen.
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], normalise: bool = False) -> None:
+    normalise: "none" (raw activations), "all" (the concatenation scaled to unit length: the largest layer dominates)
+    or "layer" (each layer scaled to length 1 / sqrt(#layers), so each weighs alike and the whole has unit length)."""
+
+    NORMALISE = ("none", "all", "layer")
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], normalise: str = "none") -> None:
         super().__init__()
+        if normalise not in self.NORMALISE:
+            raise ValueError(f"encoder.normalise={normalise!r}; valid: {', '.join(self.NORMALISE)}")
         self.model, self.layers, self.normalise = model.eval().requires_grad_(False), list(layers), normalise
         self._seen: list[Tensor] = []
         modules = dict(model.named_modules())
@@ -195,8 +201,10 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._seen.clear()
         self.model(x)
+        if self.normalise == "layer":
+            return torch.cat([F.normalize(codes, dim=1) for codes in self._seen], 1) / len(self._seen) ** 0.5
         codes = torch.cat(self._seen, 1)
-        return F.normalize(codes, dim=1) if self.normalise else codes
+        return F.normalize(codes, dim=1) if self.normalise == "all" else codes
 
 
 def encoder_run(cfg: DictConfig) -> tuple[dict, Path]:
@@ -354,7 +362,8 @@ def render_tables(
         f"seed {cfg.seed}; one run per class "
         f"and variant: {cfg.images_per_run} images, {cfg.optim.steps} Adam steps (lr {cfg.optim.lr}) of "
         f"{cfg.optim.pairs} random pairs, margin {cfg.margin}, transformer output {cfg.transformer.out_size}px, "
-        f"window scale {cfg.transformer.fixed_scale or 'learnt'}, random crop {cfg.crop_size} "
+        f"window scale {cfg.transformer.fixed_scale or 'learnt'}, random crop {cfg.crop_size}, "
+        f"encoder codes normalised: {cfg.encoder.normalise} "
         "(configs/colocalisation.yaml). Encoder: the "
         f"Table 1 CNN trained on plain MNIST ({' '.join(cfg.encoder.overrides)}): "
         f"test error {encoder['test_error']:.2f}%, "
