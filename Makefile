@@ -231,7 +231,10 @@ ADD_TABLE_ARGS_cpu := --note "This is make reproduce-addition RECIPE=cpu: half t
   models, two 1-thread trainings at a time on 2 CPU cores (AMD EPYC, fp32): 70 min wall, measured with the earlier \
   shared-loc-net 2xST-FCNs (the CNN 70 min on one core, the seven FC models 32 min on the other); the three \
   2xST-FCNs, rerun with a loc net per transformer (5-11 min each, partly beside other work), keep the FC core \
-  within the CNN's time. The loc-net choices behind the 2xST-FCN's gain: results/evidence/addition_loc_net.md."
+  within the CNN's time. Five of the six transformer models also ran seed 1 (make reproduce-addition RECIPE=cpu \
+  EXTRA='seed=1 model=st_fcn_aff,st_fcn_proj,2st_fcn_aff,2st_fcn_proj,2st_fcn_tps', 1 thread beside other \
+  work), so their cells are means of 2 seeds. The loc-net choices behind the 2xST-FCN's gain: \
+  results/evidence/addition_loc_net.md."
 reproduce-addition: $(STAMP)
 	@test -n "$(ADD_ARGS_$(RECIPE))" || { echo "MNIST addition recipes: RECIPE=paper, fast or cpu, got RECIPE=$(RECIPE)"; exit 2; }
 	@echo "MNIST addition sweep: recipe $(RECIPE) ($(ADD_ARGS_$(RECIPE))), launcher $(ADD_LAUNCHER), runs in $(RUNS)/addition"
@@ -259,11 +262,12 @@ reproduce-colocalisation: $(STAMP)
 # ---- The 3D transformer (Appendix A.3; README "3D transformer"): the classifier of 60^3 volumes with and without a
 # 3D affine transformer -> results/transformer3d.{md,csv} (no paper numbers). RECIPE=paper (default on a GPU):
 # Table 1's schedule, 3 seeds; RECIPE=cpu (default otherwise): 1000 iterations of batch 32 with the fast optimiser,
-# seed 0, 2000 test volumes (the volumes are rendered per batch: ~3 s per iteration on one CPU core).
+# seeds 0-2, 2000 test volumes (the volumes are rendered per batch): per seed 6 min for the CNN and 16 min for the
+# ST-CNN on one CPU core, measured; ~66 min in all.
 .PHONY: reproduce-3d transformer3d figures-3d
 T3D_ARGS_paper := $(RECIPE_ARGS_paper)
 T3D_ARGS_cpu := optim=fast budget=fast budget.name=cpu3d budget.iterations=1000 budget.batch_size=32 \
-  budget.eval_every=250 budget.eval_batch_size=100 budget.val_subset=1000 budget.test_subset=2000 seed=0
+  budget.eval_every=250 budget.eval_batch_size=100 budget.val_subset=1000 budget.test_subset=2000 seed=0,1,2
 T3D_FOLDER_paper := sgd_table1-paper
 T3D_FOLDER_cpu := fast-cpu3d
 reproduce-3d: $(STAMP)
@@ -272,7 +276,7 @@ reproduce-3d: $(STAMP)
 	$(MAKE) transformer3d figures-3d RUNS=$(RUNS) RECIPE=$(RECIPE)
 
 T3D_TABLE_ARGS_cpu := --note "This is make reproduce-3d RECIPE=cpu: 1,000 iterations of 32 freshly placed volumes, \
-  seed 0, tested on the first 2,000 test digits (each at its fixed placement), CPU, 1 thread. The paper gives no \
+  seeds 0, 1 and 2, tested on the first 2,000 test digits (each at its fixed placement), CPU, 1 thread. The paper gives no \
   numbers (a figure only): the rows compare the same classifier with and without the 3D transformer at equal \
   parameters."
 transformer3d: $(STAMP)
