@@ -244,6 +244,10 @@ reproduce-addition: $(STAMP)
 addition: $(STAMP)
 	$(PY) -m stn.results addition --runs $(RUNS)/addition --recipe $(ADD_FOLDER_$(RECIPE)) --out $(RESULTS) \
 	  $(ADD_TABLE_ARGS_$(RECIPE))
+	$(PY) -m stn.results windows --runs $(RUNS)/addition/$(ADD_FOLDER_$(RECIPE)) --out $(RESULTS)/addition_windows.md \
+	  --title "MNIST addition: what each transformer's window holds (recipe $(RECIPE), test set)" \
+	  --note "Per transformer, per input channel (digit 1 / digit 2): the share of the digit's ink inside the window \
+	  and, in brackets, the zoom it is drawn at (1 = its own size). Command: make addition RECIPE=$(RECIPE)."
 
 figures-addition: $(STAMP)
 	$(PY) -m stn.figures addition --runs $(RUNS)/addition/$(ADD_FOLDER_$(RECIPE)) --out results/figures/addition_transformers.png

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stn.analysis.windows import input_transformers
 from stn.checkpoint import load_model
 from stn.data import load_splits
 from stn.data.dataset import DataConfig, read_dataset
@@ -63,10 +64,10 @@ def slope(measured: Tensor, truth: Tensor) -> float | None:
 
 
 def _input_transformer(model: nn.Module) -> SpatialTransformer:
-    transformer = getattr(model, "transformer", None)
-    if not isinstance(transformer, SpatialTransformer):
-        raise ValueError(f"{type(model).__name__} has no spatial transformer on its input (a plain FCN/CNN?)")
-    return transformer
+    transformers = input_transformers(model)
+    if len(transformers) != 1:
+        raise ValueError(f"{type(model).__name__} has {len(transformers)} transformers on its input, not one")
+    return transformers[0]
 
 
 @torch.no_grad()

@@ -22,6 +22,11 @@ compares the arms (experiment/recipe folders) of the runs, one row per (column, 
 reads each finished Table 1 run's input transformer against its test digits' known distortions: how much of their
 rotation, scale and offset it undoes (stn.analysis.learned).
 
+    python -m stn.results windows --runs DIR [--runs DIR ...] [--title TEXT] [--note TEXT] [--out FILE]
+
+reads how much of each input channel's ink each input transformer's window holds on its test set: a window left on
+blank canvas (a dead transformer) holds ~0 (stn.analysis.windows).
+
     python -m stn.results probe --data mnist_r mnist_rts [--model st_fcn_aff] [--hidden 32,32,32 ...]
                                 [--iterations 15000] [--seeds 0 1 2] [--override KEY=VALUE ...] [--out FILE]
 
@@ -38,6 +43,7 @@ from pathlib import Path
 
 from stn.analysis.learned import render_learned
 from stn.analysis.probe import compose_cfg, probe, render_probe
+from stn.analysis.windows import render_windows
 from stn.atomic import write_atomic
 from stn.checkpoint import DamagedFileError
 from stn.results.archive import update_archive
@@ -95,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     learned.add_argument("--title", default="What the trained transformers undo (Table 1 test sets)")
     learned.add_argument("--note", help="a paragraph printed under the title")
     learned.add_argument("--out", type=Path, help="markdown file to write (default: print)")
+    windows = commands.add_parser("windows", help="how much of each input channel the transformers' windows hold")
+    windows.add_argument("--runs", type=Path, action="append", required=True, help="a runs folder (repeatable)")
+    windows.add_argument("--title", default="What each transformer's window holds (share of each channel's ink)")
+    windows.add_argument("--note", help="a paragraph printed under the title")
+    windows.add_argument("--out", type=Path, help="markdown file to write (default: print)")
     probe = commands.add_parser("probe", help="could a loc net see the distortions? (supervised regression)")
     probe.add_argument("--data", nargs="+", required=True, help="data configs, e.g. mnist_r mnist_rts")
     probe.add_argument("--model", default="st_fcn_aff", help="the model config whose loc net is probed")
@@ -148,12 +159,14 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "probe":
         _write_or_print(probe_arms(args), args.out)
         return
-    if args.command in ("compare", "learned"):
+    if args.command in ("compare", "learned", "windows"):
         records = [record for runs in args.runs for record in load_local_results(runs)]
         if args.command == "compare":
             text = render_comparison(records, args.title, args.common, args.note, TABLES[args.table])
-        else:
+        elif args.command == "learned":
             text = render_learned(records, args.title, args.note)
+        else:
+            text = render_windows(records, args.title, args.note)
         _write_or_print(text, args.out)
         return
     columns, paper = load_paper_table(args.paper)
