@@ -231,10 +231,15 @@ ADD_TABLE_ARGS_cpu := --note "This is make reproduce-addition RECIPE=cpu: half t
   models, two 1-thread trainings at a time on 2 CPU cores (AMD EPYC, fp32): 70 min wall, measured with the earlier \
   shared-loc-net 2xST-FCNs (the CNN 70 min on one core, the seven FC models 32 min on the other); the three \
   2xST-FCNs, rerun with a loc net per transformer (5-11 min each, partly beside other work), keep the FC core \
-  within the CNN's time. Five of the six transformer models also ran seed 1 (make reproduce-addition RECIPE=cpu \
-  EXTRA='seed=1 model=st_fcn_aff,st_fcn_proj,2st_fcn_aff,2st_fcn_proj,2st_fcn_tps', 1 thread beside other \
-  work), so their cells are means of 2 seeds. The loc-net choices behind the 2xST-FCN's gain: \
-  results/evidence/addition_loc_net.md."
+  within the CNN's time. The six transformer models also ran seed 1 (make reproduce-addition RECIPE=cpu \
+  EXTRA='seed=1 model=st_fcn_aff,st_fcn_proj,st_fcn_tps,2st_fcn_aff,2st_fcn_proj,2st_fcn_tps', 1 thread beside \
+  other work), and the 2xST-FCN TPS seed 2 (EXTRA='seed=2 model=2st_fcn_tps'), so their cells are means of 2 \
+  (3) seeds. The loc-net choices behind the 2xST-FCN's gain: results/evidence/addition_loc_net.md. What each \
+  transformer's window holds, and why the 2xST-FCN TPS fails on seeds 1 and 2 (its second transformer draws both \
+  digits at 0.2-0.3 of their size): results/addition_windows.md."
+ADD_WINDOWS_NOTE = Per transformer, per input channel (digit 1 / digit 2): the share of the digit's ink inside the \
+  window and, in brackets, the zoom it is drawn at (1 = its own size; stn.analysis.windows). Command: make addition \
+  RECIPE=$(RECIPE) (python -m stn.results windows).
 reproduce-addition: $(STAMP)
 	@test -n "$(ADD_ARGS_$(RECIPE))" || { echo "MNIST addition recipes: RECIPE=paper, fast or cpu, got RECIPE=$(RECIPE)"; exit 2; }
 	@echo "MNIST addition sweep: recipe $(RECIPE) ($(ADD_ARGS_$(RECIPE))), launcher $(ADD_LAUNCHER), runs in $(RUNS)/addition"
@@ -245,9 +250,7 @@ addition: $(STAMP)
 	$(PY) -m stn.results addition --runs $(RUNS)/addition --recipe $(ADD_FOLDER_$(RECIPE)) --out $(RESULTS) \
 	  $(ADD_TABLE_ARGS_$(RECIPE))
 	$(PY) -m stn.results windows --runs $(RUNS)/addition/$(ADD_FOLDER_$(RECIPE)) --out $(RESULTS)/addition_windows.md \
-	  --title "MNIST addition: what each transformer's window holds (recipe $(RECIPE), test set)" \
-	  --note "Per transformer, per input channel (digit 1 / digit 2): the share of the digit's ink inside the window \
-	  and, in brackets, the zoom it is drawn at (1 = its own size). Command: make addition RECIPE=$(RECIPE)."
+	  --title "MNIST addition: what each transformer's window holds (recipe $(RECIPE), test set)" --note "$(ADD_WINDOWS_NOTE)"
 
 figures-addition: $(STAMP)
 	$(PY) -m stn.figures addition --runs $(RUNS)/addition/$(ADD_FOLDER_$(RECIPE)) --out results/figures/addition_transformers.png
