@@ -118,6 +118,9 @@ def test_a_short_real_colocalisation_run_keeps_the_windows_on_their_digits(tmp_p
         mnist_raw_root,
         "classes=[1]",
         "optim.steps=100",
+        # the setting the thresholds below were measured with; with the experiment's 256 pairs, less noisy steps, the
+        # full gradient's windows leave more slowly (measured 0.90 and 0.64 at step 100)
+        "optim.pairs=64",
         "figure_steps=[0,100]",
         "encoder.overrides=[data=mnist_plain,model=cnn,optim=fast,budget=fast,budget.iterations=300,"
         "budget.batch_size=64,budget.eval_every=300,budget.val_subset=1000,seed=0,experiment_name=enc]",
