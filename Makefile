@@ -258,9 +258,10 @@ figures-addition: $(STAMP)
 # ---- Co-localisation (Appendix A.2; README "Co-localisation"): the encoder (the Table 1 CNN on plain MNIST, trained
 # once by stn.train and cached under $(RUNS)/colocalisation_encoder), then one optimisation per digit class on T and
 # TC -> results/colocalisation.{md,csv} and results/figures/colocalisation_windows.png. COLOC_ARGS: key=value
-# overrides of configs/colocalisation.yaml (e.g. optim.steps=300 classes=[1,7]). CPU, measured on one thread: the
-# encoder 7.1 min (once, 2000 iterations), the 20 runs 19.8 min alone with 64 pairs per step (400 steps, ~1 min each);
-# with the default 256 pairs 15.9-26.4 min beside one or two trainings (not measured alone).
+# overrides of configs/colocalisation.yaml (e.g. optim.steps=300 classes=[1,7]; seeds=[0] for one seed of the default
+# three). CPU, measured on one thread: the encoder 7.1 min (once, 2000 iterations), the 20 runs of one seed 19.8 min
+# alone with 64 pairs per step (400 steps, ~1 min each); with the default 256 pairs 15.9-26.4 min per seed beside one
+# or two trainings (not measured alone).
 .PHONY: reproduce-colocalisation
 COLOC_ARGS ?=
 reproduce-colocalisation: $(STAMP)

@@ -53,7 +53,7 @@ def main() -> None:
     started = time.perf_counter()
     record, run_dir = encoder_run(cfg)
     encoder = Encoder(load_model(run_dir), cfg.encoder.layers, cfg.encoder.normalise)
-    sets = load_set(data_configs(cfg)["T"], Path(cfg.mnist_source) if cfg.mnist_source else None)
+    sets = load_set(data_configs(cfg, cfg.seeds[0])["T"], Path(cfg.mnist_source) if cfg.mnist_source else None)
     attention, size, crop = AttentionTransform(float(cfg.transformer.fixed_scale)), 28, int(cfg.crop_size)
     centre = (cfg.canvas - 1) / 2  # pixel centre of the canvas; normalised units are (px - centre) / centre
     rows_loss, rows_grad, rows_free = [], [], []

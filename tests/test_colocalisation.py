@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -16,6 +19,8 @@ from stn.colocalisation import (
     data_configs,
     encoder_run,
     load_set,
+    main,
+    render_tables,
     triplet_hinge,
     window_boxes,
 )
@@ -86,10 +91,39 @@ def test_the_paper_loc_net_and_identity_at_initialisation(tmp_path, mnist_raw_ro
     torch.testing.assert_close(theta, torch.tensor([[1.0, 0.0, 0.0]] * 2))  # the paper's identity: scale 1
 
 
+def test_the_table_reports_every_seed_and_their_mean(tmp_path, mnist_raw_root):
+    cfg = config(tmp_path, mnist_raw_root, "seeds=[0, 1]", "classes=[1, 9]")
+    scores = {"T": {1: [100.0, 98.0], 9: [4.0, 100.0]}, "TC": {1: [40.0, 30.0], 9: [20.0, 10.0]}}
+    encoder = {"test_error": 0.88, "params": 208586, "run_dir": "<runs_dir>/encoder"}
+    markdown, table = render_tables(cfg, scores, encoder, 60.0)
+    assert "| 9 | 52.0 ± 67.9 | 100 | 15.0 ± 7.1 | 75-93 |" in markdown  # 96 / sqrt(2), 10 / sqrt(2)
+    # the class means per seed first (T: 52, 99; TC: 30, 20), then their mean ± std
+    assert "| mean | 75.5 ± 33.2 | 100 | 25.0 ± 7.1 | 75-93 |" in markdown
+    assert "T: 52.0 / 99.0; TC: 30.0 / 20.0" in markdown
+    rows = {row["class"]: row for row in csv.DictReader(io.StringIO(table))}
+    assert rows["9"]["T_ours"] == "52.0" and rows["9"]["T_std"] == "67.9" and rows["9"]["TC_paper"] == "75-93"
+    assert (rows["9"]["T_seed0"], rows["9"]["T_seed1"], rows["1"]["TC_seed1"]) == ("4", "100", "30")
+    one_seed, _ = render_tables(
+        config(tmp_path, mnist_raw_root, "seeds=[0]", "classes=[1, 9]"),
+        {v: {d: values[:1] for d, values in by_class.items()} for v, by_class in scores.items()},
+        encoder,
+        60.0,
+    )
+    assert "| 9 | 4 | 100 | 20 | 75-93 |" in one_seed and "| mean | 52.0 | 100 | 30.0 | 75-93 |" in one_seed
+
+
+def test_each_seed_draws_its_own_sets_and_a_single_seed_key_is_refused(tmp_path, mnist_raw_root, capsys):
+    cfg = config(tmp_path, mnist_raw_root)
+    assert data_configs(cfg, 0)["T"].path != data_configs(cfg, 1)["T"].path
+    with pytest.raises(SystemExit):
+        main([f"data_dir={tmp_path}", "seed=1"])
+    assert "seeds=[1]" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("variant", ["T", "TC"])
 def test_the_stored_boxes_hold_the_rendered_digit(tmp_path, mnist_raw_root, variant):
     cfg = config(tmp_path, mnist_raw_root, "classes=[3, 7]")
-    data = data_configs(cfg)[variant]
+    data = data_configs(cfg, 0)[variant]
     sets = load_set(data, mnist_raw_root)
     assert load_set(data, mnist_raw_root)[3][0].equal(sets[3][0])  # stored once, read back (sha256-checked)
     for images, boxes in sets.values():
@@ -102,7 +136,7 @@ def test_the_stored_boxes_hold_the_rendered_digit(tmp_path, mnist_raw_root, vari
             else:  # 16 clutter patches of 6x6 add ink around it
                 assert 0 < inside <= image.sum() and (image > 0).sum() > 0
     if variant == "TC":
-        clean = load_set(data_configs(cfg)["T"], mnist_raw_root)[3][0]
+        clean = load_set(data_configs(cfg, 0)["T"], mnist_raw_root)[3][0]
         assert (sets[3][0].int() - clean.int()).abs().sum() > 0
 
 
@@ -129,7 +163,7 @@ def test_a_short_real_colocalisation_run_keeps_the_windows_on_their_digits(tmp_p
     assert record["status"] == "finished" and record["test_error"] < 5.0  # measured: 2.5%
     assert encoder_run(cfg)[0] == record  # trained once: the finished run is found, not retrained
     encoder = Encoder(load_model(run_dir), cfg.encoder.layers, cfg.encoder.normalise)
-    images, boxes = load_set(data_configs(cfg)["T"], mnist_raw_root)[1]
+    images, boxes = load_set(data_configs(cfg, 0)["T"], mnist_raw_root)[1]
     inputs = images.float() / 255
     codes = encoder(inputs[:, :, :28, :28])
     assert codes.shape == (100, 64 * 10 * 10 + 64 * 2 * 2 + 10)

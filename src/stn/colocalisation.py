@@ -76,8 +76,8 @@ class ColocData:
         return self.root / "colocalisation" / f"coloc_{self.variant.lower()}_seed{self.seed}_{short_hash}.h5"
 
 
-def data_configs(cfg: DictConfig) -> dict[str, ColocData]:
-    """variant -> its ColocData (the config's shared distortion plus the variant's clutter)."""
+def data_configs(cfg: DictConfig, seed: int) -> dict[str, ColocData]:
+    """variant -> its ColocData of one seed (the config's shared distortion plus the variant's clutter)."""
     return {
         variant: ColocData(
             variant=variant,
@@ -85,7 +85,7 @@ def data_configs(cfg: DictConfig) -> dict[str, ColocData]:
             classes=tuple(int(c) for c in cfg.classes),
             per_class=int(cfg.images_per_run),
             source_split=str(cfg.source_split),
-            seed=int(cfg.seed),
+            seed=int(seed),
             root=Path(cfg.data_dir),
         )
         for variant, extra in OmegaConf.to_container(cfg.variants).items()
@@ -336,11 +336,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def spread(values: Sequence[float], digits: int = 1) -> str:
+    """One seed's value, or the mean ± sample std over several seeds."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
 def render_tables(
-    cfg: DictConfig, scores: dict[str, dict[int, float]], encoder: dict, seconds: float, overrides: Sequence[str] = ()
+    cfg: DictConfig,
+    scores: dict[str, dict[int, list[float]]],
+    encoder: dict,
+    seconds: float,
+    overrides: Sequence[str] = (),
 ) -> tuple[str, str]:
-    """The markdown and CSV of % localised per class and variant, against the paper."""
-    variants = list(scores)
+    """The markdown and CSV of % localised per class and variant (per seed, and their mean ± std), against the
+    paper; the mean row averages the classes within each seed first."""
+    variants, seeds = list(scores), [int(s) for s in cfg.seeds]
     lines = [
         "# Co-localisation (Appendix A.2) — % of the 100 digits localised (IoU > 0.5)",
         "",
@@ -349,23 +361,42 @@ def render_tables(
     ]
     table = io.StringIO()
     writer = csv.writer(table)
-    writer.writerow(["class", *[f"{v}_{who}" for v in variants for who in ("ours", "paper")]])
+    per_seed = [f"{v}_seed{s}" for v in variants for s in seeds]
+    writer.writerow(["class", *[f"{v}_{who}" for v in variants for who in ("ours", "std", "paper")], *per_seed])
     for digit in cfg.classes:
-        values = [(f"{scores[v][digit]:.0f}", PAPER.get(v, "")) for v in variants]
-        lines.append(f"| {digit} | {' | '.join(f'{ours} | {paper}' for ours, paper in values)} |")
-        writer.writerow([digit, *[x for pair in values for x in pair]])
-    means = [f"{np.mean(list(scores[v].values())):.1f} | {PAPER.get(v, '')}" for v in variants]
+        values = {v: scores[v][digit] for v in variants}
+        cells = [f"{spread(values[v], 0 if len(seeds) == 1 else 1)} | {PAPER.get(v, '')}" for v in variants]
+        lines.append(f"| {digit} | {' | '.join(cells)} |")
+        summary = [
+            (
+                f"{np.mean(values[v]):.1f}",
+                f"{np.std(values[v], ddof=1):.1f}" if len(seeds) > 1 else "",
+                PAPER.get(v, ""),
+            )
+            for v in variants
+        ]
+        writer.writerow(
+            [digit, *[x for row in summary for x in row], *[f"{x:.0f}" for v in variants for x in values[v]]]
+        )
+    seed_means = {v: np.mean([scores[v][d] for d in cfg.classes], axis=0).tolist() for v in variants}
+    means = [f"{spread(seed_means[v])} | {PAPER.get(v, '')}" for v in variants]
     lines.append(f"| mean | {' | '.join(means)} |")
+    by_seed = "; ".join(f"{v}: " + " / ".join(f"{m:.1f}" for m in seed_means[v]) for v in variants)
     lines += [
         "",
-        f"Command: `{' '.join(['python -m stn.colocalisation', *overrides])}` (make reproduce-colocalisation), "
-        f"seed {cfg.seed}; one run per class "
-        f"and variant: {cfg.images_per_run} images, {cfg.optim.steps} Adam steps (lr {cfg.optim.lr}) of "
-        f"{cfg.optim.pairs} random pairs, margin {cfg.margin}, transformer output {cfg.transformer.out_size}px, "
-        f"window scale {cfg.transformer.fixed_scale or 'learnt'}, random crop {cfg.crop_size}, "
-        f"encoder codes normalised: {cfg.encoder.normalise} "
-        "(configs/colocalisation.yaml). Encoder: the "
-        f"Table 1 CNN trained on plain MNIST ({' '.join(cfg.encoder.overrides)}): "
+        f"Seeds {', '.join(map(str, seeds))}: each seed draws its own T and TC sets, transformer starts and pairs"
+        + (
+            f"; a cell is the mean ± sample std over the {len(seeds)} seeds (a run tends to localise all or none of "
+            f"its digits, so one seed's cell is a coarse estimate); the class means per seed, {by_seed}."
+            if len(seeds) > 1
+            else "."
+        ),
+        f"Command: `{' '.join(['python -m stn.colocalisation', *overrides])}` (make reproduce-colocalisation); "
+        f"one run per seed, class and variant: {cfg.images_per_run} images, {cfg.optim.steps} Adam steps (lr "
+        f"{cfg.optim.lr}) of {cfg.optim.pairs} random pairs, margin {cfg.margin}, transformer output "
+        f"{cfg.transformer.out_size}px, window scale {cfg.transformer.fixed_scale or 'learnt'}, random crop "
+        f"{cfg.crop_size}, encoder codes normalised: {cfg.encoder.normalise} (configs/colocalisation.yaml). "
+        f"Encoder: the Table 1 CNN trained on plain MNIST ({' '.join(cfg.encoder.overrides)}): "
         f"test error {encoder['test_error']:.2f}%, "
         f"{encoder['params']:,} parameters, its run in {encoder['run_dir']}.",
         f"Machine: CPU ({cpu_name()}, {platform.machine()}), no GPU, torch {torch.__version__}, "
@@ -382,21 +413,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of configs/colocalisation.yaml")
     args = parser.parse_args(argv)
     cfg = OmegaConf.merge(OmegaConf.load(CONFIG), OmegaConf.from_dotlist(args.overrides))
+    if "seed" in cfg:
+        parser.error(
+            f"seed={cfg.seed}: the seeds are a list now, e.g. seeds=[{cfg.seed}] (configs/colocalisation.yaml)"
+        )
     started = time.perf_counter()
     record, run_dir = encoder_run(cfg)
     print(f"encoder: test error {record['test_error']:.2f}% ({record['params']:,} parameters), {run_dir}")
     encoder = Encoder(load_model(run_dir), cfg.encoder.layers, cfg.encoder.normalise)
     source = None if cfg.mnist_source in (None, "") else Path(cfg.mnist_source)
-    scores: dict[str, dict[int, float]] = {}
+    scores: dict[str, dict[int, list[float]]] = {}
     shown: dict[str, tuple[Tensor, RunResult]] = {}
-    for variant, data in data_configs(cfg).items():
-        sets, scores[variant] = load_set(data, source), {}
-        for digit in data.classes:
-            images, boxes = sets[digit]
-            run = colocalise(cfg, encoder, images, boxes, derived_seed(cfg.seed, 11, digit))
-            scores[variant][digit] = run.localised
-            print(f"{variant} class {digit}: {run.localised:.0f}% localised (last loss {run.loss:.3f})")
-            shown.setdefault(variant, (images, run))
+    for seed in (int(s) for s in cfg.seeds):
+        for variant, data in data_configs(cfg, seed).items():
+            sets = load_set(data, source)
+            for digit in data.classes:
+                images, boxes = sets[digit]
+                run = colocalise(cfg, encoder, images, boxes, derived_seed(seed, 11, digit))
+                scores.setdefault(variant, {}).setdefault(digit, []).append(run.localised)
+                print(
+                    f"seed {seed}, {variant} class {digit}: {run.localised:.0f}% localised (last loss {run.loss:.3f})"
+                )
+                shown.setdefault(variant, (images, run))  # the figure: the first seed's first class
     seconds = time.perf_counter() - started
     where = Path("<runs_dir>") / run_dir.relative_to(cfg.runs_dir)  # no path of this machine in the result file
     markdown, table = render_tables(cfg, scores, {**record, "run_dir": str(where)}, seconds, args.overrides)
