@@ -413,10 +413,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of configs/colocalisation.yaml")
     args = parser.parse_args(argv)
     cfg = OmegaConf.merge(OmegaConf.load(CONFIG), OmegaConf.from_dotlist(args.overrides))
-    if "seed" in cfg:
-        parser.error(
-            f"seed={cfg.seed}: the seeds are a list now, e.g. seeds=[{cfg.seed}] (configs/colocalisation.yaml)"
-        )
+    if "seed" in cfg:  # one seed, as the evidence files' commands (seed=N) ran it
+        cfg.seeds = [int(cfg.pop("seed"))]
     started = time.perf_counter()
     record, run_dir = encoder_run(cfg)
     print(f"encoder: test error {record['test_error']:.2f}% ({record['params']:,} parameters), {run_dir}")
