@@ -115,6 +115,7 @@ def test_no_source_and_no_network_says_where_and_how(tmp_path, monkeypatch):
     message = str(error.value)
     assert str(raw_folder(tmp_path)) in message and all(name in message for name in MNIST_FILES)
     assert "mnist_source" in message and "network" in message
+    assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz" in message  # the mirror that failed, with its reason
 
 
 def test_source_file_with_a_wrong_md5_is_refused(tmp_path, mnist_raw_root):

@@ -87,6 +87,12 @@ def copy_from_source(source: str | os.PathLike, root: str | os.PathLike) -> None
             shutil.copyfile(source_folder / name, partial)
 
 
+def first_reason(error: DownloadError) -> str:
+    """The download error's summary line with the first mirror's reason (the summary alone ends in a colon)."""
+    lines = [line.strip() for line in str(error).strip().splitlines()]
+    return " ".join(lines[:2])
+
+
 def _download_missing(root: Path) -> None:
     """Download (md5-verified, atomically) the .gz files root/MNIST/raw lacks, from torchvision's mirrors."""
     raw = raw_folder(root)
@@ -99,7 +105,7 @@ def _download_missing(root: Path) -> None:
         except DownloadError as error:
             raise MnistNotFoundError(
                 f"MNIST is not in {raw} (expected {_expected_files_text()}) and could not be downloaded "
-                f"({str(error).strip().splitlines()[0]}). Offline: set data.mnist_source (env MNIST_SOURCE) to a "
+                f"({first_reason(error)}). Offline: set data.mnist_source (env MNIST_SOURCE) to a "
                 f"folder holding the four official .gz files, or copy them into {raw}; online: allow network "
                 f"access and they are downloaded (md5-verified)."
             ) from error
