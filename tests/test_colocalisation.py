@@ -19,6 +19,7 @@ from stn.colocalisation import (
     data_configs,
     encoder_run,
     load_set,
+    make_optimizer,
     render_tables,
     triplet_hinge,
     window_boxes,
@@ -88,6 +89,16 @@ def test_the_paper_loc_net_and_identity_at_initialisation(tmp_path, mnist_raw_ro
     learnt = attention_transformer(config(tmp_path, mnist_raw_root, "transformer.fixed_scale=null"))
     _, theta = learnt(x, return_theta=True)
     torch.testing.assert_close(theta, torch.tensor([[1.0, 0.0, 0.0]] * 2))  # the paper's identity: scale 1
+
+
+def test_the_optimiser_is_adam_or_the_papers_sgd_with_momentum(tmp_path, mnist_raw_root):
+    weight = torch.nn.Parameter(torch.zeros(3))
+    adam = make_optimizer(config(tmp_path, mnist_raw_root).optim, [weight])
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["lr"] == 0.003
+    sgd = make_optimizer(config(tmp_path, mnist_raw_root, "optim.name=sgd", "optim.lr=0.01").optim, [weight])
+    assert isinstance(sgd, torch.optim.SGD) and (sgd.defaults["lr"], sgd.defaults["momentum"]) == (0.01, 0.9)
+    with pytest.raises(ValueError, match="optim.name='rmsprop'; valid: adam, sgd"):
+        make_optimizer(config(tmp_path, mnist_raw_root, "optim.name=rmsprop").optim, [weight])
 
 
 def test_the_table_reports_every_seed_and_their_mean(tmp_path, mnist_raw_root):

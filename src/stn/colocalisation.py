@@ -259,11 +259,23 @@ class RunResult:
     loss: float  # the last step's mean triplet loss
 
 
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(settings: DictConfig, parameters) -> torch.optim.Optimizer:
+    """optim.name: Adam, or SGD with optim.momentum (the paper says SGD and gives no settings)."""
+    if settings.name not in OPTIMIZERS:
+        raise ValueError(f"optim.name={settings.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if settings.name == "adam":
+        return torch.optim.Adam(parameters, lr=float(settings.lr))
+    return torch.optim.SGD(parameters, lr=float(settings.lr), momentum=float(settings.momentum))
+
+
 def colocalise(cfg: DictConfig, encoder: Encoder, images: Tensor, boxes: Tensor, seed: int) -> RunResult:
     """One run: train a fresh attention transformer on the images (uint8 [N, 1, S, S]) with the triplet loss."""
     torch.manual_seed(seed)
     transformer = attention_transformer(cfg)
-    optimizer = torch.optim.Adam(transformer.parameters(), lr=float(cfg.optim.lr))
+    optimizer = make_optimizer(cfg.optim, transformer.parameters())
     generator = torch.Generator().manual_seed(seed)
     inputs, count, steps = images.float() / 255, len(images), int(cfg.optim.steps)
     size = int(cfg.transformer.out_size)
@@ -336,6 +348,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def optimizer_name(settings: DictConfig) -> str:
+    """How the rendered tables name the optimiser."""
+    return "Adam" if settings.name == "adam" else f"SGD (momentum {settings.momentum})"
+
+
 def spread(values: Sequence[float], digits: int = 1) -> str:
     """One seed's value, or the mean ± sample std over several seeds."""
     if len(values) == 1:
@@ -392,10 +409,11 @@ def render_tables(
             else "."
         ),
         f"Command: `{' '.join(['python -m stn.colocalisation', *overrides])}` (make reproduce-colocalisation); "
-        f"one run per seed, class and variant: {cfg.images_per_run} images, {cfg.optim.steps} Adam steps (lr "
-        f"{cfg.optim.lr}) of {cfg.optim.pairs} random pairs, margin {cfg.margin}, transformer output "
-        f"{cfg.transformer.out_size}px, window scale {cfg.transformer.fixed_scale or 'learnt'}, random crop "
-        f"{cfg.crop_size}, encoder codes normalised: {cfg.encoder.normalise} (configs/colocalisation.yaml). "
+        f"one run per seed, class and variant: {cfg.images_per_run} images, {cfg.optim.steps} "
+        f"{optimizer_name(cfg.optim)} steps (lr {cfg.optim.lr}) of {cfg.optim.pairs} random pairs, margin "
+        f"{cfg.margin}, transformer output {cfg.transformer.out_size}px, window scale "
+        f"{cfg.transformer.fixed_scale or 'learnt'}, random crop {cfg.crop_size}, encoder codes normalised: "
+        f"{cfg.encoder.normalise} (configs/colocalisation.yaml). "
         f"Encoder: the Table 1 CNN trained on plain MNIST ({' '.join(cfg.encoder.overrides)}): "
         f"test error {encoder['test_error']:.2f}%, "
         f"{encoder['params']:,} parameters, its run in {encoder['run_dir']}.",
