@@ -28,7 +28,6 @@ from stn.colocalisation import (
     CONFIG,
     Encoder,
     box_iou,
-    cpu_name,
     data_configs,
     encoder_run,
     load_set,
@@ -36,6 +35,7 @@ from stn.colocalisation import (
     triplet_hinge,
     window_boxes,
 )
+from stn.runinfo import cpu_model
 from stn.transformers import AttentionTransform, warp
 
 CLASSES = (1, 4, 8)
@@ -125,7 +125,7 @@ def main() -> None:
             f"Command: `PYTHONPATH=src python scripts/colocalisation_probe.py {' '.join(sys.argv[1:])}`".rstrip()
             + f"; encoder: test error {record['test_error']:.2f}% ({run_dir.name}, {' '.join(cfg.encoder.overrides)});"
             f" 28px window, {crop}px random crop, margin {cfg.margin}, unit codes: {cfg.encoder.normalise}, "
-            f"{PAIRS_PER_IMAGE} random pairs per image. Machine: CPU ({cpu_name()}), {torch.get_num_threads()} "
+            f"{PAIRS_PER_IMAGE} random pairs per image. Machine: CPU ({cpu_model()}), {torch.get_num_threads()} "
             f"thread(s), torch {torch.__version__}, {platform.python_version()}; "
             f"{(time.perf_counter() - started) / 60:.1f} min.",
             "",

@@ -37,6 +37,7 @@ from stn.data.distortions import SOURCE_HALF, SOURCE_SIZE, DistortionSpec, gener
 from stn.data.mnist import MNIST_MD5, load_mnist
 from stn.data.store import ensure_stored, read_matching
 from stn.data.store import write_atomic as store_atomic
+from stn.runinfo import cpu_model
 from stn.runtime import ALIGN_CORNERS
 from stn.transformers import AttentionTransform, SpatialTransformer, StridedConvLocNet, warp
 
@@ -337,17 +338,6 @@ def draw_windows(variant_runs: Mapping[str, tuple[Tensor, RunResult]], steps: Se
     return figure
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else platform's guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def optimizer_name(settings: DictConfig) -> str:
     """How the rendered tables name the optimiser."""
     return "Adam" if settings.name == "adam" else f"SGD (momentum {settings.momentum})"
@@ -417,7 +407,7 @@ def render_tables(
         f"Encoder: the Table 1 CNN trained on plain MNIST ({' '.join(cfg.encoder.overrides)}): "
         f"test error {encoder['test_error']:.2f}%, "
         f"{encoder['params']:,} parameters, its run in {encoder['run_dir']}.",
-        f"Machine: CPU ({cpu_name()}, {platform.machine()}), no GPU, torch {torch.__version__}, "
+        f"Machine: CPU ({cpu_model()}, {platform.machine()}), no GPU, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s); wall time {seconds / 60:.1f} min (all runs, plus the encoder's "
         "training unless it was cached). Paper: 100% on T, 75-93% on TC "
         "depending on the class (per-class values not recovered).",

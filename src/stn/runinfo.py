@@ -36,7 +36,8 @@ def git_state() -> tuple[str | None, bool | None]:
     return commit, None if status is None else bool(status)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else platform's guess."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -77,7 +78,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "packages_sha256": _installed_packages_hash(),
         "torch_cuda": torch.version.cuda,  # the CUDA torch was built for (set even when running on the CPU)
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_kernels": cpu_kernels(),
         "torch_threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
