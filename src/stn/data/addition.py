@@ -21,12 +21,19 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
-import stn
-from stn.data.dataset import STREAMS, DataConfig, MnistSplits, derived_seed, train_val_indices
+from stn.data.dataset import (
+    STREAMS,
+    DataConfig,
+    MnistSplits,
+    derived_seed,
+    params_arrays,
+    store_mnist_set,
+    train_val_indices,
+)
 from stn.data.distortions import generate
-from stn.data.mnist import MNIST_MD5, load_mnist
+from stn.data.mnist import load_mnist
 from stn.data.splits import SPLIT_NAMES, split_tensors
-from stn.data.store import ensure_stored, read_matching, stored_meta, write_atomic
+from stn.data.store import ensure_stored, read_matching, stored_meta
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +132,8 @@ def generate_dataset(cfg: AdditionConfig, progress: bool = True) -> Path:
             arrays[f"{split}/labels"] = labels[pairs].sum(1).numpy()
             arrays[f"{split}/digit_labels"] = labels[pairs].numpy()
             arrays[f"{split}/pairs"] = pairs.numpy()
-            for key, value in params.items():
-                arrays[f"{split}/params/{key}"] = value.numpy()
-    attrs = {
-        "name": cfg.digit.name,
-        "variant": cfg.digit.variant,
-        "seed": cfg.seed,
-        "generation": cfg.generation(),
-        "mnist_md5": MNIST_MD5,
-        "stn_version": stn.__version__,
-    }
-    write_atomic(cfg.path, arrays, attrs)
-    return cfg.path
+            arrays.update(params_arrays(split, params))
+    return store_mnist_set(cfg.path, arrays, cfg.digit.name, cfg.digit.variant, cfg.seed, cfg.generation())
 
 
 class PairRedraw:

@@ -152,18 +152,29 @@ def generate_dataset(cfg: DataConfig, progress: bool = True) -> Path:
             arrays[f"{split}/images"] = images.numpy()
             arrays[f"{split}/labels"] = labels.numpy()
             arrays[f"{split}/source_index"] = index.numpy()
-            for key, value in params.items():
-                arrays[f"{split}/params/{key}"] = value.numpy()
+            arrays.update(params_arrays(split, params))
+    return store_mnist_set(cfg.path, arrays, cfg.name, cfg.variant, cfg.seed, cfg.generation())
+
+
+def params_arrays(split: str, params: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
+    """A split's per-image distortion parameters, as stored: "<split>/params/<name>"."""
+    return {f"{split}/params/{key}": value.numpy() for key, value in params.items()}
+
+
+def store_mnist_set(
+    path: Path, arrays: Mapping[str, np.ndarray], name: str, variant: str, seed: int, generation: dict
+) -> Path:
+    """Store a set generated from MNIST atomically at `path`, with the attributes that identify it; return `path`."""
     attrs = {
-        "name": cfg.name,
-        "variant": cfg.variant,
-        "seed": cfg.seed,
-        "generation": cfg.generation(),
+        "name": name,
+        "variant": variant,
+        "seed": seed,
+        "generation": generation,
         "mnist_md5": MNIST_MD5,
         "stn_version": stn.__version__,
     }
-    write_atomic(cfg.path, arrays, attrs)
-    return cfg.path
+    write_atomic(path, arrays, attrs)
+    return path
 
 
 def ensure_dataset(cfg: DataConfig, progress: bool = True) -> Path:
