@@ -31,6 +31,12 @@ def read_arm(label: str, folder: Path) -> tuple[dict[str, dict[str, str]], list[
     return rows, [line for line in described if line.startswith(("Command:", "Machine:"))]
 
 
+def percent(cell: str) -> str:
+    """A CSV cell as the tables print it: whole numbers (one seed's %) without decimals, means with one."""
+    value = float(cell)
+    return f"{value:.0f}" if value.is_integer() else f"{value:.1f}"
+
+
 def render(arms: list[tuple[str, Path]], title: str, note: str) -> str:
     tables = [read_arm(label, folder) for label, folder in arms]
     classes = list(tables[0][0])
@@ -45,7 +51,7 @@ def render(arms: list[tuple[str, Path]], title: str, note: str) -> str:
         "|---|" + "---:|" * len(header) + "---|",
     ]
     for digit in classes:
-        values = [rows[digit][f"{variant}_ours"] for rows, _ in tables for variant in variants]
+        values = [percent(rows[digit][f"{variant}_ours"]) for rows, _ in tables for variant in variants]
         paper = " / ".join(tables[0][0][digit][f"{variant}_paper"] for variant in variants)
         lines.append(f"| {digit} | {' | '.join(values)} | {paper} |")
     means = [f"{np.mean([float(rows[d][f'{v}_ours']) for d in classes]):.1f}" for rows, _ in tables for v in variants]
