@@ -19,6 +19,7 @@ from stn.colocalisation import (
     data_configs,
     encoder_run,
     load_set,
+    loc_net_inputs,
     make_optimizer,
     render_tables,
     triplet_hinge,
@@ -89,6 +90,26 @@ def test_the_paper_loc_net_and_identity_at_initialisation(tmp_path, mnist_raw_ro
     learnt = attention_transformer(config(tmp_path, mnist_raw_root, "transformer.fixed_scale=null"))
     _, theta = learnt(x, return_theta=True)
     torch.testing.assert_close(theta, torch.tensor([[1.0, 0.0, 0.0]] * 2))  # the paper's identity: scale 1
+
+
+def test_the_regressor_starts_centred_or_spread_and_the_loc_net_input_is_raw_or_standardised(tmp_path, mnist_raw_root):
+    x = torch.rand(4, 1, 84, 84)
+    torch.manual_seed(0)
+    spread = attention_transformer(config(tmp_path, mnist_raw_root, "transformer.regressor_init=default"))
+    assert spread.regressor.weight.abs().min() > 0 and spread.regressor.bias.tolist() == [0.0, 0.0]
+    _, theta = spread(x, return_theta=True)
+    assert theta.std(0).min() > 0  # each image's window starts at its own place
+    settings = config(tmp_path, mnist_raw_root).transformer
+    assert loc_net_inputs(settings, x) is x  # unit: the images as the encoder sees them
+    settings.loc_net_input = "standardised"
+    scaled = loc_net_inputs(settings, x)
+    torch.testing.assert_close((scaled.mean(), scaled.std()), (torch.tensor(0.0), torch.tensor(1.0)))
+    torch.testing.assert_close(scaled, (x - x.mean()) / x.std())
+    settings.loc_net_input = "imagenet"
+    with pytest.raises(ValueError, match="transformer.loc_net_input='imagenet'; valid: unit, standardised"):
+        loc_net_inputs(settings, x)
+    with pytest.raises(ValueError, match="transformer.regressor_init='ones'; valid: zero, default"):
+        attention_transformer(config(tmp_path, mnist_raw_root, "transformer.regressor_init=ones"))
 
 
 def test_the_optimiser_is_adam_or_the_papers_sgd_with_momentum(tmp_path, mnist_raw_root):

@@ -1,5 +1,6 @@
-"""The evidence comparisons (configs/evidence/*.yaml, run by `make evidence NAME=...`): each loads, trains Table 1
-sweeps and renders into results/evidence/<name>.md with a known `python -m stn.results` command."""
+"""The evidence comparisons (configs/evidence/*.yaml, run by `make evidence NAME=...`): each loads, trains its Table 1
+sweeps (or runs its co-localisation arms) and renders into results/evidence/<name>.md with a known
+`python -m stn.results` command."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ def test_make_evidence_table1_runs_every_comparison():
     assert sorted(listed) == table1 and len(listed) >= 13
 
 
-@pytest.mark.parametrize("name", evidence.names())
+TRAINED = [name for name in evidence.names() if evidence.load(name)["render"] != "colocalisation"]
+COLOCALISATION = [name for name in evidence.names() if evidence.load(name)["render"] == "colocalisation"]
+
+
+@pytest.mark.parametrize("name", TRAINED)
 def test_each_comparison_trains_its_experiment_s_sweeps_and_renders_its_file(name):
     *sweeps, render = evidence.commands(name, Path("runs"), "python")
     for sweep in sweeps:
@@ -34,3 +39,53 @@ def test_each_comparison_trains_its_experiment_s_sweeps_and_renders_its_file(nam
 def test_an_unknown_comparison_names_the_known_ones():
     with pytest.raises(FileNotFoundError, match="table1_loc_lr"):
         evidence.load("no_such_comparison")
+
+
+@pytest.mark.parametrize("name", COLOCALISATION)
+def test_each_colocalisation_comparison_runs_its_arms_into_their_own_folders_and_renders_them(name):
+    spec = evidence.load(name)
+    *arms, render = evidence.commands(name, Path("runs"), "python")
+    assert len(arms) == len(spec["runs"]) >= 2
+    folders = []
+    for arm, overrides in zip(arms, spec["runs"], strict=True):
+        assert arm[:3] == ["python", "-m", "stn.colocalisation"] and arm[3:-2] == overrides.split()
+        assert arm[-2] == "runs_dir=runs" and arm[-1].startswith("out=runs/colocalisation_evidence/")
+        folders.append(arm[-1][len("out=") :])
+    assert len(set(folders)) == len(folders)  # no arm overwrites another
+    args = build_parser().parse_args(render[3:])
+    assert args.command == "colocalisation" and args.title == spec["title"] and args.note == spec["note"]
+    assert args.arm == [f"{overrides}@{folder}" for overrides, folder in zip(spec["runs"], folders, strict=True)]
+    assert str(args.out) == f"results/evidence/{name}.md"
+
+
+def test_a_finished_colocalisation_arm_is_reported_not_rerun(tmp_path):
+    arm = ["python", "-m", "stn.colocalisation", "seed=0", f"runs_dir={tmp_path}", f"out={tmp_path / 'seed=0'}"]
+    assert not evidence.finished(arm)
+    (tmp_path / "seed=0").mkdir()
+    (tmp_path / "seed=0" / "colocalisation.csv").write_text("class,T_ours,T_paper\n")
+    assert evidence.finished(arm)
+    assert not evidence.finished(["python", "-m", "stn.train", "--multirun", f"paths.runs_dir={tmp_path}"])
+
+
+def test_colocalisation_arms_render_side_by_side_with_their_commands(tmp_path):
+    from stn.results.colocalisation import parse_arm, render_colocalisation
+
+    for name, values in (("a", ("99", "40")), ("b", ("100", "75.5"))):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "colocalisation.csv").write_text(
+            f"class,T_ours,T_paper,TC_ours,TC_paper\n0,{values[0]},100,{values[1]},75-93\n"
+        )
+        (folder / "colocalisation.md").write_text(
+            f"table\n\nCommand: `python -m stn.colocalisation out={folder}` (make reproduce-colocalisation)\n"
+            "Machine: CPU (test), 1 thread(s)\n"
+        )
+    arms = [parse_arm(f"seed=0@{tmp_path / 'a'}"), parse_arm(f"optim.pairs=64 seed=0@{tmp_path / 'b'}")]
+    text = render_colocalisation(arms, "Title", "Note.")
+    assert "| 0 | 99 | 40 | 100 | 75.5 | 100 / 75-93 |" in text
+    assert "| mean | 99.0 | 40.0 | 100.0 | 75.5 | |" in text
+    # each arm's command is its overrides, not the folders of the machine that ran it
+    assert "  - Command: `python -m stn.colocalisation optim.pairs=64 seed=0` (make reproduce-colocalisation)" in text
+    assert str(tmp_path) not in text
+    with pytest.raises(FileNotFoundError, match="FOLDER holding a colocalisation.csv"):
+        parse_arm(f"seed=0@{tmp_path / 'missing'}")

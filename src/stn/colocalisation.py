@@ -236,6 +236,10 @@ class InsideAttention(AttentionTransform):
         return torch.cat([matrix[:, :, :2], (1 - scale).clamp(min=0) * translation.tanh()], 2)
 
 
+REGRESSOR_INITS = ("zero", "default")
+LOC_NET_INPUTS = ("unit", "standardised")
+
+
 def attention_transformer(cfg: DictConfig) -> SpatialTransformer:
     """The attention transformer with the paper's loc net, centred; its scale fixed, or learnt from init_scale."""
     settings = cfg.transformer
@@ -244,10 +248,25 @@ def attention_transformer(cfg: DictConfig) -> SpatialTransformer:
     fixed = None if settings.fixed_scale is None else float(settings.fixed_scale)
     transform = InsideAttention(fixed) if settings.inside else AttentionTransform(fixed)
     transformer = SpatialTransformer(loc_net, transform, (size, size))
-    if fixed is None:
-        with torch.no_grad():
+    if settings.regressor_init not in REGRESSOR_INITS:
+        raise ValueError(f"transformer.regressor_init={settings.regressor_init!r}; valid: {', '.join(REGRESSOR_INITS)}")
+    with torch.no_grad():
+        if settings.regressor_init == "default":  # torch's Linear init for the weights; the bias stays centred
+            bias = transformer.regressor.bias.clone()
+            transformer.regressor.reset_parameters()
+            transformer.regressor.bias.copy_(bias)
+        if fixed is None:
             transformer.regressor.bias[0] = float(settings.init_scale)
     return transformer
+
+
+def loc_net_inputs(settings: DictConfig, inputs: Tensor) -> Tensor:
+    """What the loc net sees of a run's images (in [0, 1]): as they are, or standardised over the run's images."""
+    if settings.loc_net_input not in LOC_NET_INPUTS:
+        raise ValueError(f"transformer.loc_net_input={settings.loc_net_input!r}; valid: {', '.join(LOC_NET_INPUTS)}")
+    if settings.loc_net_input == "unit":
+        return inputs
+    return (inputs - inputs.mean()) / inputs.std()
 
 
 # ---------------------------------------------------------------- one optimisation run
@@ -281,11 +300,12 @@ def colocalise(cfg: DictConfig, encoder: Encoder, images: Tensor, boxes: Tensor,
     inputs, count, steps = images.float() / 255, len(images), int(cfg.optim.steps)
     size = int(cfg.transformer.out_size)
     windows, loss = {}, torch.zeros(())
+    located = loc_net_inputs(cfg.transformer, inputs)
 
     def record(step: int) -> None:
         if step in cfg.figure_steps or step == steps:
             with torch.no_grad():
-                _, theta = transformer(inputs, return_theta=True)
+                _, theta = transformer(inputs, return_theta=True, features=transformer.loc_net(located))
             matrix = transformer.transform.matrix(theta)
             windows[step] = window_boxes(matrix, cfg.canvas, int(cfg.transformer.out_size))
 
@@ -293,7 +313,7 @@ def colocalise(cfg: DictConfig, encoder: Encoder, images: Tensor, boxes: Tensor,
         record(step)
         anchors = torch.randint(count, (int(cfg.optim.pairs),), generator=generator)
         others = (anchors + torch.randint(1, count, anchors.shape, generator=generator)) % count  # m != n
-        warped, theta = transformer(inputs, return_theta=True)
+        warped, theta = transformer(inputs, return_theta=True, features=transformer.loc_net(located))
         codes = encoder(warped)
         if cfg.crop_size == "window":  # the crop at the anchor's own window scale, a sample: no gradient through it
             scale = transformer.transform.matrix(theta)[anchors, 0, 0].detach()

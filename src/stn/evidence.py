@@ -10,7 +10,9 @@ A comparison's config holds
                   reported, not retrained, so sweeps shared between comparisons cost once); a sweep that names its
                   own experiment= (e.g. experiment=addition) runs that one instead of table1
     render        compare | learned | probe: the `python -m stn.results` command that renders it into
-                  results/evidence/<name>.md
+                  results/evidence/<name>.md; colocalisation: `runs` are instead the arms of
+                  `python -m stn.colocalisation <overrides> runs_dir=<runs> out=<runs>/colocalisation_evidence/<arm>`
+                  (an arm whose folder holds its colocalisation.csv is reported, not rerun), rendered side by side
     inputs        the run folders (under <runs>) it renders, each passed as --runs
     args          the render command's other arguments (e.g. --common)
 """
@@ -29,7 +31,8 @@ from omegaconf import OmegaConf
 from stn.models.params import CONFIG_DIR
 
 EVIDENCE_DIR = CONFIG_DIR / "evidence"
-RENDERERS = ("compare", "learned", "probe")
+RENDERERS = ("compare", "learned", "probe", "colocalisation")
+COLOC_FOLDER = "colocalisation_evidence"
 OUT_DIR = Path("results/evidence")
 
 
@@ -54,6 +57,8 @@ def load(name: str) -> dict[str, Any]:
 def commands(name: str, runs: Path, python: str = sys.executable) -> list[list[str]]:
     """The commands that train and render comparison `name`, in order."""
     spec = load(name)
+    if spec["render"] == "colocalisation":
+        return colocalisation_commands(spec, name, runs, python)
     train = [python, "-m", "stn.train", "--multirun"]
     sweeps = []
     for overrides in spec.get("runs", []):
@@ -69,6 +74,28 @@ def commands(name: str, runs: Path, python: str = sys.executable) -> list[list[s
     return [*sweeps, [*render, "--out", str(OUT_DIR / f"{name}.md")]]
 
 
+def colocalisation_commands(spec: dict[str, Any], name: str, runs: Path, python: str) -> list[list[str]]:
+    """One `python -m stn.colocalisation` per arm, each into its own folder, then the side-by-side render."""
+    arms = [(overrides, runs / COLOC_FOLDER / "_".join(shlex.split(overrides))) for overrides in spec["runs"]]
+    commands = [
+        [python, "-m", "stn.colocalisation", *shlex.split(overrides), f"runs_dir={runs}", f"out={folder}"]
+        for overrides, folder in arms
+    ]
+    render = [python, "-m", "stn.results", "colocalisation"]
+    for overrides, folder in arms:
+        render += ["--arm", f"{overrides}@{folder}"]
+    render += ["--title", spec["title"], *(["--note", spec["note"]] if spec.get("note") else [])]
+    return [*commands, [*render, "--out", str(OUT_DIR / f"{name}.md")]]
+
+
+def finished(command: list[str]) -> bool:
+    """A co-localisation arm whose folder already holds its table (it is reported, not rerun)."""
+    if command[2] != "stn.colocalisation":
+        return False
+    folder = next(word for word in command if word.startswith("out="))[len("out=") :]
+    return (Path(folder) / "colocalisation.csv").is_file()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stn.evidence", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -82,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:28s} {load(name)['title']}")
         return
     for command in commands(args.name, args.runs):
+        if finished(command):
+            print(f"finished, not rerun: {shlex.join(command)}", flush=True)
+            continue
         print(shlex.join(command), flush=True)
         if not args.dry_run:
             subprocess.run(command, check=True)

@@ -27,6 +27,11 @@ rotation, scale and offset it undoes (stn.analysis.learned).
 reads how much of each input channel's ink each input transformer's window holds on its test set: a window left on
 blank canvas (a dead transformer) holds ~0 (stn.analysis.windows).
 
+    python -m stn.results colocalisation --arm OVERRIDES@FOLDER [--arm ...] --title TEXT [--note TEXT] [--out FILE]
+
+puts co-localisation arms side by side (each `python -m stn.colocalisation OVERRIDES out=FOLDER`): % localised per
+class on T and TC (stn.results.colocalisation).
+
     python -m stn.results probe --data mnist_r mnist_rts [--model st_fcn_aff] [--hidden 32,32,32 ...]
                                 [--iterations 15000] [--seeds 0 1 2] [--override KEY=VALUE ...] [--out FILE]
 
@@ -47,6 +52,7 @@ from stn.analysis.windows import render_windows
 from stn.atomic import write_atomic
 from stn.checkpoint import DamagedFileError
 from stn.results.archive import update_archive
+from stn.results.colocalisation import parse_arm, render_colocalisation
 from stn.results.compare import render_comparison
 from stn.results.runs import load_local_results, load_results
 from stn.results.specs import TABLES
@@ -106,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     windows.add_argument("--title", default="What each transformer's window holds (share of each channel's ink)")
     windows.add_argument("--note", help="a paragraph printed under the title")
     windows.add_argument("--out", type=Path, help="markdown file to write (default: print)")
+    coloc = commands.add_parser("colocalisation", help="co-localisation arms side by side (% localised per class)")
+    coloc.add_argument("--arm", action="append", required=True, help="OVERRIDES@FOLDER (OVERRIDES: space-separated)")
+    coloc.add_argument("--title", required=True, help="the comparison's title")
+    coloc.add_argument("--note", default="", help="a paragraph printed under the title")
+    coloc.add_argument("--out", type=Path, help="markdown file to write (default: print)")
     probe = commands.add_parser("probe", help="could a loc net see the distortions? (supervised regression)")
     probe.add_argument("--data", nargs="+", required=True, help="data configs, e.g. mnist_r mnist_rts")
     probe.add_argument("--model", default="st_fcn_aff", help="the model config whose loc net is probed")
@@ -156,6 +167,9 @@ def probe_arms(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.command == "colocalisation":
+        _write_or_print(render_colocalisation([parse_arm(arm) for arm in args.arm], args.title, args.note), args.out)
+        return
     if args.command == "probe":
         _write_or_print(probe_arms(args), args.out)
         return

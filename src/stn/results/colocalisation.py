@@ -1,23 +1,18 @@
 """Co-localisation arms side by side: % localised per class on T and TC, one column pair per arm.
 
-    PYTHONPATH=src python scripts/colocalisation_compare.py --arm "encoder.normalise=none@DIR" [--arm ...] \
-        --title TITLE --note NOTE --out results/evidence/colocalisation_<name>.md
-
-Each arm is the overrides it ran with (`python -m stn.colocalisation <overrides> out=DIR`) and the folder holding
+Each arm is the overrides it ran with (`python -m stn.colocalisation <overrides> out=FOLDER`) and the folder holding
 its colocalisation.csv and colocalisation.md; the table is read from the CSV, the encoder, machine and wall time from
-the markdown's last lines.
+the markdown's last lines. `python -m stn.results colocalisation --arm OVERRIDES@FOLDER ...` renders it; the
+comparisons behind the co-localisation defaults are configs (configs/evidence/colocalisation_*.yaml, stn.evidence).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import re
 from pathlib import Path
 
 import numpy as np
-
-from stn.atomic import write_atomic
 
 
 def read_arm(label: str, folder: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -37,7 +32,7 @@ def percent(cell: str) -> str:
     return f"{value:.0f}" if value.is_integer() else f"{value:.1f}"
 
 
-def render(arms: list[tuple[str, Path]], title: str, note: str) -> str:
+def render_colocalisation(arms: list[tuple[str, Path]], title: str, note: str) -> str:
     tables = [read_arm(label, folder) for label, folder in arms]
     classes = list(tables[0][0])
     variants = [key[: -len("_ours")] for key in tables[0][0][classes[0]] if key.endswith("_ours")]
@@ -62,22 +57,9 @@ def render(arms: list[tuple[str, Path]], title: str, note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arm", action="append", required=True, help="OVERRIDES@FOLDER (OVERRIDES: space-separated)")
-    parser.add_argument("--title", required=True)
-    parser.add_argument("--note", default="")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    arms = []
-    for arm in args.arm:
-        label, separator, folder = arm.rpartition("@")
-        if not separator or not (Path(folder) / "colocalisation.csv").is_file():
-            parser.error(f"--arm {arm!r}: expected OVERRIDES@FOLDER, FOLDER holding a colocalisation.csv")
-        arms.append((label, Path(folder)))
-    write_atomic(args.out, render(arms, args.title, args.note))
-    print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+def parse_arm(arm: str) -> tuple[str, Path]:
+    """OVERRIDES@FOLDER -> (overrides, folder); the folder must hold the arm's colocalisation.csv."""
+    label, separator, folder = arm.rpartition("@")
+    if not separator or not (Path(folder) / "colocalisation.csv").is_file():
+        raise FileNotFoundError(f"--arm {arm!r}: expected OVERRIDES@FOLDER, FOLDER holding a colocalisation.csv")
+    return label, Path(folder)
