@@ -8,6 +8,9 @@ exactly as the command runs it (same set, start and pairs, so its final % matche
 `--every` steps the trace records the % of windows localised (IoU > threshold), the mean IoU of the windows with
 their digits' boxes and the spread of the window centres across the images (px, the std over images, mean of x and
 y): a loc net that ignores its input puts every window at one place (spread 0), whatever the digits' places.
+Per run it also evaluates the triplet loss (the same 4 x `optim.pairs` random pairs and crops for both) with every
+window on its digit's true box and with the windows where the run ends: a run ending above the truth's loss was
+stopped by its optimisation, not by the objective.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ from stn.colocalisation import (
     encoder_run,
     load_set,
     optimizer_name,
+    random_crops,
+    triplet_hinge,
 )
 from stn.data.dataset import derived_seed
 from stn.runinfo import cpu_model
+from stn.transformers import AttentionTransform, warp
 
 
 def trace_row(windows: dict[int, torch.Tensor], boxes: torch.Tensor, threshold: float) -> list[str]:
@@ -44,6 +50,23 @@ def trace_row(windows: dict[int, torch.Tensor], boxes: torch.Tensor, threshold: 
         centres = (windows[step][:, :2] + windows[step][:, 2:]) / 2
         cells.append(f"{100 * (iou > threshold).float().mean():.0f} / {iou.mean():.2f} / {centres.std(0).mean():.1f}")
     return cells
+
+
+def loss_at_boxes(cfg, encoder: Encoder, images: torch.Tensor, boxes: torch.Tensor, seed: int) -> float:
+    """The mean triplet loss with each image's window centred on its box [N, 4] (pixel edges), over 4 draws of the
+    config's pairs and crops (the same draws for every call with this seed)."""
+    inputs, size, half = images.float() / 255, int(cfg.transformer.out_size), (cfg.canvas - 1) / 2
+    centres = (boxes[:, :2] + boxes[:, 2:]).float() / 2 - 0.5  # pixel-centre coordinates
+    attention = AttentionTransform(float(cfg.transformer.fixed_scale))
+    generator, losses = torch.Generator().manual_seed(seed), []
+    with torch.no_grad():
+        codes = encoder(warp(inputs, attention, centres / half - 1, (size, size)))
+        for _ in range(4):
+            anchors = torch.randint(len(inputs), (int(cfg.optim.pairs),), generator=generator)
+            others = (anchors + torch.randint(1, len(inputs), anchors.shape, generator=generator)) % len(inputs)
+            crops = encoder(random_crops(inputs[anchors], int(cfg.crop_size), generator))
+            losses.append(triplet_hinge(codes[anchors], codes[others], crops, float(cfg.margin)).mean().item())
+    return sum(losses) / len(losses)
 
 
 def main() -> None:
@@ -71,7 +94,8 @@ def main() -> None:
         images, boxes = sets[variant][int(digit)]
         run = colocalise(cfg, encoder, images, boxes, derived_seed(seed, 11, int(digit)))
         trace = " | ".join(trace_row(run.windows, boxes, threshold))
-        rows.append(f"| {variant} {digit} | {run.localised:.0f} | {trace} |")
+        truth, end = (loss_at_boxes(cfg, encoder, images, b, int(digit)) for b in (boxes, run.windows[steps]))
+        rows.append(f"| {variant} {digit} | {run.localised:.0f} | {truth:.0f} / {end:.0f} | {trace} |")
         print(rows[-1], flush=True)
     recorded = sorted(run.windows)
     command = " ".join(["python scripts/colocalisation_trace.py", *args.runs, f"--every {args.every}"])
@@ -85,8 +109,8 @@ def main() -> None:
         f"{platform.machine()}), torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
         f"{(time.perf_counter() - started) / 60:.1f} min.",
         "",
-        f"| Run | Final % | {' | '.join(f'step {s}' for s in recorded)} |",
-        "|---|---:|" + "---|" * len(recorded),
+        f"| Run | Final % | Loss: true boxes / final windows | {' | '.join(f'step {s}' for s in recorded)} |",
+        "|---|---:|---:|" + "---|" * len(recorded),
         *rows,
         "",
     ]

@@ -100,11 +100,12 @@ def test_the_regressor_starts_centred_or_spread_and_the_loc_net_input_is_raw_or_
     _, theta = spread(x, return_theta=True)
     assert theta.std(0).min() > 0  # each image's window starts at its own place
     settings = config(tmp_path, mnist_raw_root).transformer
-    assert loc_net_inputs(settings, x) is x  # unit: the images as the encoder sees them
-    settings.loc_net_input = "standardised"
+    assert settings.loc_net_input == "standardised"  # the default (evidence/colocalisation_loc_input.md)
     scaled = loc_net_inputs(settings, x)
     torch.testing.assert_close((scaled.mean(), scaled.std()), (torch.tensor(0.0), torch.tensor(1.0)))
     torch.testing.assert_close(scaled, (x - x.mean()) / x.std())
+    settings.loc_net_input = "unit"
+    assert loc_net_inputs(settings, x) is x  # the images as the encoder sees them
     settings.loc_net_input = "imagenet"
     with pytest.raises(ValueError, match="transformer.loc_net_input='imagenet'; valid: unit, standardised"):
         loc_net_inputs(settings, x)

@@ -423,7 +423,8 @@ def render_tables(
         f"{optimizer_name(cfg.optim)} steps (lr {cfg.optim.lr}) of {cfg.optim.pairs} random pairs, margin "
         f"{cfg.margin}, transformer output {cfg.transformer.out_size}px, window scale "
         f"{cfg.transformer.fixed_scale or 'learnt'}, random crop {cfg.crop_size}, encoder codes normalised: "
-        f"{cfg.encoder.normalise} (configs/colocalisation.yaml). "
+        f"{cfg.encoder.normalise}, loc net input {cfg.transformer.loc_net_input}, regressor start "
+        f"{cfg.transformer.regressor_init} (configs/colocalisation.yaml). "
         f"Encoder: the Table 1 CNN trained on plain MNIST ({' '.join(cfg.encoder.overrides)}): "
         f"test error {encoder['test_error']:.2f}%, "
         f"{encoder['params']:,} parameters, its run in {encoder['run_dir']}.",
