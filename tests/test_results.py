@@ -234,14 +234,17 @@ def test_comparison_puts_each_arm_in_its_own_column_with_its_recipe(tmp_path):
     ]
     records += [
         {**finished("fcn", "R", 0, 4.5), "experiment": "evidence_fixed", "config": fixed},
-        {**finished("fcn", "RTS", 0, 9.0), "experiment": "evidence_fixed", "config": fixed},
+        {**finished("fcn", "RTS", 0, 9.0), "experiment": "evidence_fixed", "config": fixed, "wall_time_s": 600.0},
     ]
     text = render_comparison(records, "Fixed vs fresh", note="CPU, 2 cores.")
     assert "| Column | Model | `evidence_fixed/sgd_table1-quick` | `table1/sgd_table1-quick` |" in text
     assert "| R | FCN | 4.50 (n=1) | 2.20 ± 0.20 (n=3) |" in text
     assert "| RTS | FCN | 9.00 (n=1) | — (n=0) |" not in text and "| RTS | FCN | 9.00 (n=1) | — |" in text
     assert "CPU, 2 cores." in text and "one fixed distorted training set" in text
-    assert "| RTS |" not in render_comparison(records, "Fixed vs fresh", common=True)  # only rows every arm has
+    assert "(mean wall time per run 5.8 min)" in text  # the arm's R and RTS runs
+    common = render_comparison(records, "Fixed vs fresh", common=True)
+    assert "| RTS |" not in common  # only rows every arm has, and the arms' details only of those rows' runs
+    assert "(mean wall time per run 5.8 min)" not in common and common.count("(mean wall time per run 1.5 min)") == 2
     for record in records:
         folder = tmp_path / record["experiment"] / record["column"] / str(record["seed"])
         folder.mkdir(parents=True)

@@ -24,29 +24,31 @@ def render_comparison(
 ) -> str:
     """A markdown table: one row per (column, model), one column per arm (experiment/recipe), each cell the mean
     ± sample std of the finished runs' % test metric (the spec's; n seeds), followed by each arm's recipe and
-    commands. With `common`, only the rows every arm has runs of."""
+    commands (of the runs in the rows shown). With `common`, only the rows every arm has runs of."""
+    runs = [record for record in records if record.get("status") == "finished"]
+    names = sorted({arm_of(record) for record in runs})
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
-    arms: dict[str, tuple[set[str], set[str], list[float]]] = {}
-    for record in records:
-        if record.get("status") != "finished":
+    for record in runs:
+        by_arm = cells.setdefault((record["column"], record["model"]), {})
+        by_arm.setdefault(arm_of(record), []).append(record[f"test_{spec.metric}"])
+    if common:
+        cells = {row: by_arm for row, by_arm in cells.items() if len(by_arm) == len(names)}
+    # An arm's recipe, commands and wall time come from the runs of the rows shown, not every run of its folder.
+    arms: dict[str, tuple[set[str], set[str], list[float]]] = {arm: (set(), set(), []) for arm in names}
+    for record in runs:
+        if (record["column"], record["model"]) not in cells:
             continue
-        arm = arm_of(record)
-        recipes, commands, walls = arms.setdefault(arm, (set(), set(), []))
+        recipes, commands, walls = arms[arm_of(record)]
         recipes.add(recipe_of(record, spec.paper_samples))
         command = run_command(record)
         if command:
             commands.add(command)
         walls.append(float(record.get("wall_time_s") or 0.0))
-        by_arm = cells.setdefault((record["column"], record["model"]), {})
-        by_arm.setdefault(arm, []).append(record[f"test_{spec.metric}"])
-    names = sorted(arms)
     lines = [f"**{title}** (% test {spec.metric}: mean ± sample std over seeds, n = seeds)", ""]
     if note:
         lines += [note, ""]
     lines += ["| Column | Model | " + " | ".join(f"`{a}`" for a in names) + " |", "|---|---|" + "---:|" * len(names)]
     for (column, model), by_arm in sorted(cells.items()):
-        if common and len(by_arm) < len(names):
-            continue
         values = [format_ours(Cell(None, by_arm.get(arm, []))) for arm in names]
         lines.append(f"| {column} | {display_name(model)} | " + " | ".join(values) + " |")
     lines += ["", "Arms:"]
