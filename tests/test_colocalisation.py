@@ -153,6 +153,14 @@ def test_each_seed_draws_its_own_sets(tmp_path, mnist_raw_root):
     assert len({data_configs(cfg, seed)["T"].path for seed in cfg.seeds}) == 3
 
 
+def test_run_variants_selects_the_variants_a_run_trains(tmp_path, mnist_raw_root):
+    tc_only = data_configs(config(tmp_path, mnist_raw_root, "run_variants=[TC]"), 0)
+    both = data_configs(config(tmp_path, mnist_raw_root), 0)
+    assert list(both) == ["T", "TC"] and list(tc_only) == ["TC"] and tc_only["TC"].path == both["TC"].path
+    with pytest.raises(ValueError, match=r"run_variants \['X'\] are not among the variants \['T', 'TC'\]"):
+        data_configs(config(tmp_path, mnist_raw_root, "run_variants=[X]"), 0)
+
+
 @pytest.mark.parametrize("variant", ["T", "TC"])
 def test_the_stored_boxes_hold_the_rendered_digit(tmp_path, mnist_raw_root, variant):
     cfg = config(tmp_path, mnist_raw_root, "classes=[3, 7]")

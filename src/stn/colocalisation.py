@@ -78,18 +78,22 @@ class ColocData:
 
 
 def data_configs(cfg: DictConfig, seed: int) -> dict[str, ColocData]:
-    """variant -> its ColocData of one seed (the config's shared distortion plus the variant's clutter)."""
+    """variant -> its ColocData of one seed (the config's shared distortion plus the variant's clutter), for the
+    variants the config runs."""
+    unknown = set(cfg.run_variants) - set(cfg.variants)
+    if unknown:
+        raise ValueError(f"run_variants {sorted(unknown)} are not among the variants {sorted(cfg.variants)}")
     return {
         variant: ColocData(
             variant=variant,
-            spec=DistortionSpec.from_config(cfg.canvas, {**cfg.distortion, **extra}),
+            spec=DistortionSpec.from_config(cfg.canvas, {**cfg.distortion, **cfg.variants[variant]}),
             classes=tuple(int(c) for c in cfg.classes),
             per_class=int(cfg.images_per_run),
             source_split=str(cfg.source_split),
             seed=int(seed),
             root=Path(cfg.data_dir),
         )
-        for variant, extra in OmegaConf.to_container(cfg.variants).items()
+        for variant in cfg.run_variants
     }
 
 
