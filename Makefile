@@ -144,7 +144,8 @@ table1: $(STAMP)
 # The measured comparisons behind Table 1's defaults (CPU hours; results/evidence/README.md): one config each,
 # configs/evidence/<name>.yaml (its sweeps, how it is rendered, its note), rendered into results/evidence/<name>.md.
 #   make evidence                 lists them
-#   make evidence NAME=<name>     trains (finished runs are only reported) and renders one
+#   make evidence NAME=<name>     trains (finished or archived runs are only reported; results/evidence/<name>_runs.jsonl
+#                                 keeps them across machines) and renders one
 #   make evidence-table1          all of Table 1's, in this order (later ones render runs the earlier ones train)
 .PHONY: evidence
 EVIDENCE_TABLE1 := table1_data_stream table1_fcn_length_width table1_pe_strength table1_fast_recipe_gaps \

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from stn import evidence
+from stn.checkpoint import read_result
+from stn.results.archive import archived_run_of, load_archive, same_configuration
 from stn.results.cli import build_parser
+from stn.run_folder import RunFolder
 
 
 def test_make_evidence_table1_runs_every_comparison():
@@ -89,3 +92,57 @@ def test_colocalisation_arms_render_side_by_side_with_their_commands(tmp_path):
     assert str(tmp_path) not in text
     with pytest.raises(FileNotFoundError, match="FOLDER holding a colocalisation.csv"):
         parse_arm(f"seed=0@{tmp_path / 'missing'}")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def archives_here(tmp_path, monkeypatch):
+    """The committed archives as they are, the comparisons' own archives written into tmp_path."""
+    monkeypatch.setattr(evidence, "RESULTS_DIR", ROOT / "results")
+    monkeypatch.setattr(evidence, "OUT_DIR", tmp_path / "evidence")
+    return tmp_path
+
+
+def test_a_fresh_machine_restores_the_archived_runs_a_comparison_needs_and_trains_only_the_others(archives_here):
+    runs = archives_here / "runs"
+    jobs = evidence.job_configs("table1_e_digit_grid_conv", runs)
+    folders = [Path(cfg.run_dir).relative_to(runs).as_posix() for cfg in jobs]
+    assert folders == [
+        f"{experiment}/fast-fast/mnist_e/{model}/seed0"
+        for experiment in ("ev_e_backward_digit_output", "table1")
+        for model in ("cnn", "st_cnn_aff")
+    ]
+    evidence.restore_archived("table1_e_digit_grid_conv", jobs)
+    # the default arm is Table 1's CPU cells, archived; the digit-grid arm was never archived
+    restored = [read_result(Path(cfg.run_dir)) for cfg in jobs]
+    assert [record is not None for record in restored] == [False, False, True, True]
+    for cfg, record in zip(jobs[2:], restored[2:], strict=True):
+        assert record["restored_from"].endswith("results/table1_cpu_full_runs.jsonl")
+        assert (record["column"], record["model"], record["status"]) == ("E", cfg.model.name, "finished")
+        assert RunFolder(cfg).finished_result() == record  # the sweep reports it instead of training it
+    # and the comparison's own archive now keeps them, without this machine's paths
+    evidence.archive_finished("table1_e_digit_grid_conv", jobs, runs)
+    kept = load_archive(evidence.archive_of("table1_e_digit_grid_conv"))
+    assert [(r["experiment"], r["model"]) for r in kept] == [("table1", "cnn"), ("table1", "st_cnn_aff")]
+    assert str(archives_here) not in evidence.archive_of("table1_e_digit_grid_conv").read_text()
+
+
+def test_an_archived_run_is_not_restored_once_its_configuration_changed(archives_here):
+    records = load_archive(ROOT / "results" / "table1_cpu_full_runs.jsonl")
+    cfg = evidence.job_configs("table1_e_digit_grid_conv", archives_here)[2]  # Table 1's CNN on E
+    assert archived_run_of(cfg, records) is not None
+    cfg.data.distortion.control_std_px = 2.0  # another E
+    assert archived_run_of(cfg, records) is None
+    cfg.data.distortion.control_std_px = 1.5
+    cfg.seed = 1
+    assert archived_run_of(cfg, records) is None
+
+
+def test_an_archived_path_of_another_machine_matches_any_path_and_nothing_else():
+    assert same_configuration({"root": "<local>", "n": 3}, {"root": "/home/me/data", "n": 3})
+    assert same_configuration({"mnist_source": "<local>"}, {"mnist_source": None})  # unset here: downloads
+    assert not same_configuration({"root": "<local>"}, {"root": 3})
+    assert not same_configuration({"root": "<local>", "n": 3}, {"root": "data", "n": 4})
+    assert not same_configuration({"a": 1}, {"a": 1, "b": 2})  # a key added since: another configuration

@@ -15,6 +15,11 @@ A comparison's config holds
                   (an arm whose folder holds its colocalisation.csv is reported, not rerun), rendered side by side
     inputs        the run folders (under <runs>) it renders, each passed as --runs
     args          the render command's other arguments (e.g. --common)
+
+A compare comparison keeps its finished runs in results/evidence/<name>_runs.jsonl (stn.results.archive), so one
+that takes longer than a machine lives is filled over several: before training, each job whose run is archived
+(there, or in another committed archive such as Table 1's) with the configuration the sweep composes today is
+restored into its folder as a finished run, and every run the sweeps finish is added to that file.
 """
 
 from __future__ import annotations
@@ -26,14 +31,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
+from stn.checkpoint import RESULT, read_result
 from stn.models.params import CONFIG_DIR
+from stn.results.archive import archived_run_of, load_archive, restore, update_archive
 
 EVIDENCE_DIR = CONFIG_DIR / "evidence"
 RENDERERS = ("compare", "learned", "probe", "colocalisation")
 COLOC_FOLDER = "colocalisation_evidence"
 OUT_DIR = Path("results/evidence")
+RESULTS_DIR = Path("results")  # where the committed archives are: results/*_runs.jsonl, results/evidence/*_runs.jsonl
 
 
 def names() -> list[str]:
@@ -88,6 +99,47 @@ def colocalisation_commands(spec: dict[str, Any], name: str, runs: Path, python:
     return [*commands, [*render, "--out", str(OUT_DIR / f"{name}.md")]]
 
 
+def archive_of(name: str) -> Path:
+    return OUT_DIR / f"{name}_runs.jsonl"
+
+
+def job_configs(name: str, runs: Path) -> list[DictConfig]:
+    """The composed config of every job the comparison's sweeps train (comma lists expanded as Hydra's basic
+    sweeper expands them)."""
+    parser = OverridesParser.create()
+    configs = []
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="evidence"):
+        for sweep in commands(name, runs)[:-1]:
+            for batch in BasicSweeper.split_arguments(parser.parse_overrides(sweep[4:]), None):
+                configs += [compose(config_name="train", overrides=job) for job in batch]
+    return configs
+
+
+def restore_archived(name: str, jobs: list[DictConfig]) -> None:
+    """Restore the archived run of each job that has one, from the comparison's own archive first."""
+    own = archive_of(name)
+    others = sorted({*RESULTS_DIR.glob("*_runs.jsonl"), *OUT_DIR.glob("*_runs.jsonl")} - {own})
+    archives = [(path, load_archive(path)) for path in (own, *others)]
+    for cfg in jobs:
+        for path, records in archives:
+            record = archived_run_of(cfg, records)
+            if record is not None:
+                if restore(record, cfg, path):
+                    print(f"restored from {path}: {cfg.run_dir}", flush=True)
+                break
+
+
+def archive_finished(name: str, jobs: list[DictConfig], runs: Path) -> None:
+    """Add the jobs' finished runs to the comparison's archive."""
+    records = []
+    for cfg in jobs:
+        record = read_result(Path(cfg.run_dir))
+        if record is not None and record["status"] == "finished":
+            records.append({**record, "path": str(Path(cfg.run_dir) / RESULT)})
+    if records:
+        update_archive(archive_of(name), records, runs)
+
+
 def finished(command: list[str]) -> bool:
     """A co-localisation arm whose folder already holds its table (it is reported, not rerun)."""
     if command[2] != "stn.colocalisation":
@@ -108,13 +160,23 @@ def main(argv: list[str] | None = None) -> None:
         for name in names():
             print(f"{name:28s} {load(name)['title']}")
         return
-    for command in commands(args.name, args.runs):
+    archiving = load(args.name)["render"] == "compare" and not args.dry_run
+    jobs = job_configs(args.name, args.runs) if archiving else []
+    restore_archived(args.name, jobs)
+    *steps, render = commands(args.name, args.runs)
+    for command in steps:
         if finished(command):
             print(f"finished, not rerun: {shlex.join(command)}", flush=True)
             continue
         print(shlex.join(command), flush=True)
         if not args.dry_run:
-            subprocess.run(command, check=True)
+            try:
+                subprocess.run(command, check=True)
+            finally:  # an interrupted sweep keeps the runs it finished
+                archive_finished(args.name, jobs, args.runs)
+    print(shlex.join(render), flush=True)
+    if not args.dry_run:
+        subprocess.run(render, check=True)
 
 
 if __name__ == "__main__":
