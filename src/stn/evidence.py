@@ -164,16 +164,16 @@ def main(argv: list[str] | None = None) -> None:
     jobs = job_configs(args.name, args.runs) if archiving else []
     restore_archived(args.name, jobs)
     *steps, render = commands(args.name, args.runs)
-    for command in steps:
-        if finished(command):
-            print(f"finished, not rerun: {shlex.join(command)}", flush=True)
-            continue
-        print(shlex.join(command), flush=True)
-        if not args.dry_run:
-            try:
+    try:
+        for command in steps:
+            if finished(command):
+                print(f"finished, not rerun: {shlex.join(command)}", flush=True)
+                continue
+            print(shlex.join(command), flush=True)
+            if not args.dry_run:
                 subprocess.run(command, check=True)
-            finally:  # an interrupted sweep keeps the runs it finished
-                archive_finished(args.name, jobs, args.runs)
+    finally:  # once all sweeps ran (a changed archive file would mark later runs' checkout dirty), or interrupted
+        archive_finished(args.name, jobs, args.runs)
     print(shlex.join(render), flush=True)
     if not args.dry_run:
         subprocess.run(render, check=True)
