@@ -103,6 +103,8 @@ def test_table_counts_finished_runs_only_and_marks_missing_cells():
     assert "| — |\n" in markdown  # ST-CNN TPS on TC: neither run nor reported
     assert "cnn on R seed 0: failed — ValueError: x" in markdown
     assert "over the 2 cells run here: 1 within 0.3 pp, 2 within 1 pp." in markdown  # FCN R +0.40, RTS -0.20
+    # one run per cell: FCN R's 90 s (the mean of its two seeds) plus FCN RTS's 90 s
+    assert "Cost: one run of each of the 2 cells shown took 3 min of wall time in all" in markdown
     assert (
         "recipe: SGD lr 0.01, momentum 0.9, weight decay 0, x0.1 at 33%, 67% of the budget, 500 iterations x 256 = "
         "0.13M samples (0.33% of the paper's 38.4M), fresh training distortions every epoch;" in markdown

@@ -283,6 +283,19 @@ def agreement_lines(table: Table) -> list[str]:
     return ["", text]
 
 
+def cost_lines(table: Table) -> list[str]:
+    """What one run of every cell shown cost: the sum over cells of each cell's mean wall time per run."""
+    times = [statistics.fmean(cell.wall_times) for cell in table.cells.values() if cell.wall_times]
+    if not times:
+        return []
+    total = f"{sum(times) / 3600:.1f} h" if sum(times) >= 3600 else f"{sum(times) / 60:.0f} min"
+    return [
+        "",
+        f"Cost: one run of each of the {len(times)} cells shown took {total} of wall time in all "
+        "(the sum of each cell's mean wall time per run; runs trained side by side overlap in time).",
+    ]
+
+
 def load_explanations(path: Path) -> dict[tuple[str, str], str]:
     """A YAML list of {cells: ["<model> <column>", ...], evidence: <file>, text: <what it measured>} -> (model,
     column) -> "text (evidence)"."""
@@ -323,6 +336,7 @@ def render_markdown(table: Table) -> str:
             row.append(_markdown_cell(table, cell))
         lines.append("| " + " | ".join(row) + " |")
     lines += agreement_lines(table)
+    lines += cost_lines(table)
     if table.explanations:
         lines += miss_lines(table)
     if table.note:
