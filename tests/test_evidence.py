@@ -146,3 +146,22 @@ def test_an_archived_path_of_another_machine_matches_any_path_and_nothing_else()
     assert not same_configuration({"root": "<local>"}, {"root": 3})
     assert not same_configuration({"root": "<local>", "n": 3}, {"root": "data", "n": 4})
     assert not same_configuration({"a": 1}, {"a": 1, "b": 2})  # a key added since: another configuration
+
+
+def test_the_runner_restores_then_trains_and_archives_what_finished_even_when_a_sweep_fails(archives_here, monkeypatch):
+    runs, ran = archives_here / "runs", []
+
+    def sweep_that_fails(command, check):
+        ran.append(command[2])
+        raise KeyboardInterrupt  # the first sweep (the digit-grid arm) is interrupted
+
+    monkeypatch.setattr(evidence.subprocess, "run", sweep_that_fails)
+    with pytest.raises(KeyboardInterrupt):
+        evidence.main(["table1_e_digit_grid_conv", "--runs", str(runs)])
+    assert ran == ["stn.train"]  # nothing rendered from an interrupted comparison
+    kept = load_archive(evidence.archive_of("table1_e_digit_grid_conv"))
+    assert sorted((r["experiment"], r["model"]) for r in kept) == [("table1", "cnn"), ("table1", "st_cnn_aff")]
+
+    monkeypatch.setattr(evidence.subprocess, "run", lambda command, check: ran.append(command[2]))
+    evidence.main(["table1_e_digit_grid_conv", "--runs", str(runs)])
+    assert ran == ["stn.train", "stn.train", "stn.train", "stn.results"]  # both sweeps (the second only reports)
