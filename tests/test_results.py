@@ -124,6 +124,21 @@ def test_table_counts_finished_runs_only_and_marks_missing_cells():
     assert r"\begin{tabular}{llccccc}" in latex
 
 
+def test_a_cpu_cell_names_its_kernels_and_threads_as_wall_times_and_numbers_depend_on_them():
+    columns, paper = load_paper_table(PAPER_CSV)
+    record = finished("fcn", "R", 0, 2.0)
+    one = {**record, "environment": {"cpu_kernels": {"cpu_capability": "AVX512"}, "torch_threads": 1}}
+    two = {
+        **finished("fcn", "RTS", 0, 5.0),
+        "environment": {"cpu_kernels": {"cpu_capability": "AVX2"}, "torch_threads": 2},
+    }
+    table = build_table([one, two, {**finished("cnn", "R", 0, 1.0), "device": "cuda:0"}], columns, paper)
+    assert table.cells["fcn", "R"].devices == {"cpu AVX512, 1 thread"}
+    assert table.cells["fcn", "RTS"].devices == {"cpu AVX2, 2 threads"}
+    assert table.cells["cnn", "R"].devices == {"cuda:0"}
+    assert build_table([record], columns, paper).cells["fcn", "R"].devices == {"cpu"}  # a record from before both
+
+
 def test_mixed_recipes_in_one_cell_are_an_error_unless_one_is_picked():
     columns, paper = load_paper_table(PAPER_CSV)
     records = [finished("cnn", "P", 0, 1.0, budget="quick"), finished("cnn", "P", 1, 2.0, budget="paper")]

@@ -138,11 +138,17 @@ def build_table(
 
 
 def device_label(record: Mapping[str, Any]) -> str:
-    """'cuda:0', or for a CPU run the kernels torch chose ('cpu AVX512'): CPU numbers differ between kernel sets,
-    so a table filled on several machines says which cells ran on which."""
+    """'cuda:0', or for a CPU run the kernels torch chose and its threads ('cpu AVX512, 1 thread'): CPU numbers
+    differ between kernel sets and wall times with the threads, so a table filled on several machines and layouts
+    says which cells ran how."""
     device = str(record["device"])
-    kernels = ((record.get("environment") or {}).get("cpu_kernels") or {}).get("cpu_capability")
-    return f"{device} {kernels}" if device == "cpu" and kernels else device
+    if device != "cpu":
+        return device
+    environment = record.get("environment") or {}
+    kernels = (environment.get("cpu_kernels") or {}).get("cpu_capability")
+    threads = environment.get("torch_threads")
+    label = f"{device} {kernels}" if kernels else device
+    return f"{label}, {threads} thread{'' if threads == 1 else 's'}" if threads else label
 
 
 def display_name(model: str) -> str:
