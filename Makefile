@@ -14,9 +14,10 @@ STAMP := $(VENV)/.installed
 #          default without a GPU); the other cells show "not run" and the note under the table says where they are
 #   cpu-full: the fast recipe, 1 seed, every cell (the cpu cells first, then the CNN and ST-CNN rows), two 1-thread
 #          runs at a time on 2 cores; resumable (rerun the same command); results/table1_cpu_full.{md,csv,tex}. Its
-#          total is not measured end to end; estimated ~10 h on 2 cores from the measured cells (FC cells 2-15 min,
-#          28x28 conv cells 44-55 min, 1 thread each) and results/bench/train_cpu.md (the full-resolution CNN trains
-#          at ~500 images/s on RTS's 42x42 on 2 cores, ~2 h a run; ~4 h expected on TC's 60x60)
+#          39 measured cells took 25.3 h of run time summed (the table's Cost line; FC cells 1.6 h, conv cells 23.7 h,
+#          mostly 1 thread beside another run); with CNN TC (~6 h at that layout, from CNN RTS's 3 h and TC's 2x the
+#          pixels) about 31 h, so ~16 h of wall time on 2 cores: beyond one night in fp32 (bf16 is not the default:
+#          results/evidence/table1_cpu_bf16.md)
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 RECIPE ?= $(if $(HAS_GPU),paper,cpu)
 RECIPE_ARGS_paper := optim=sgd_table1 budget=paper
@@ -36,13 +37,13 @@ RECIPE_FOLDER_cpu-full := fast-fast
 TABLE_NAME_cpu-full := table1_cpu_full
 TABLE_ARGS_cpu := --missing "not run" --note "This is make reproduce-table1 RECIPE=cpu (about 2 h on 2 CPU cores): \
   the fast recipe, seed 0, on the FCN and ST-FCN rows and the CNN on R. The cells marked not run are filled by \
-  make reproduce-table1 RECIPE=cpu-full (every cell, seed 0, resumable; estimated ~10 h on 2 cores; its table is \
+  make reproduce-table1 RECIPE=cpu-full (every cell, seed 0, resumable; about 16 h on 2 cores; its table is \
   results/table1_cpu_full.md) or by RECIPE=paper on a GPU."
 TABLE_ARGS_cpu-full := --missing "not run yet" --explain results/evidence/table1_misses.yaml --note "This is make \
   reproduce-table1 RECIPE=cpu-full: the fast recipe, seed 0, every cell, on CPU. The committed one is filled over \
-  several sessions on 2-core machines, 1 thread per run, two runs at a time (make table1 RECIPE=cpu-full \
-  ARCHIVE=results/table1_cpu_full_runs.jsonl), so the per-cell list names each cell's CPU kernels and the caption \
-  every code version."
+  several sessions on 2-core machines, mostly 1 thread per run and two runs at a time (make table1 RECIPE=cpu-full \
+  ARCHIVE=results/table1_cpu_full_runs.jsonl), so the per-cell list names each cell's CPU kernels and threads and \
+  the caption every code version."
 # The launcher: cpu-full trains one 1-thread run per core at once (the parallel launcher gives each job its share of
 # the cores), measured 1.56x (CNN) and 1.76x (ST-CNN Aff) the conv models' training throughput of one run on both
 # cores, 0.80x for the ST-FCN (results/bench/cpu_layout/, bash scripts/bench_cpu_layout.sh); the conv cells dominate

@@ -127,6 +127,13 @@ def test_a_fresh_machine_restores_the_archived_runs_a_comparison_needs_and_train
     kept = load_archive(evidence.archive_of("table1_e_digit_grid_conv"))
     assert [(r["experiment"], r["model"]) for r in kept] == [("table1", "cnn"), ("table1", "st_cnn_aff")]
     assert str(archives_here) not in evidence.archive_of("table1_e_digit_grid_conv").read_text()
+    table1 = {
+        (r["experiment"], r["column"], r["model"], r["seed"]): r
+        for r in load_archive(ROOT / "results" / "table1_cpu_full_runs.jsonl")
+    }
+    for record in kept:  # the very records Table 1's archive holds
+        original = table1[record["experiment"], record["column"], record["model"], record["seed"]]
+        assert {**record, "path": None} == {**original, "path": None}
 
 
 def test_an_archived_run_is_not_restored_once_its_configuration_changed(archives_here):

@@ -56,7 +56,8 @@ def archived(record: Mapping[str, Any], runs_dir: Path, archive: Path) -> dict[s
     meta = dict(record.get("data_meta") or {})
     if "path" in meta:  # the stored set: its file name (and sha256) name it; the folder was this machine's
         meta["path"] = Path(meta["path"]).name
-    kept = {key: value for key, value in record.items() if key not in ("path", "run_identity")}  # identity: the config
+    # identity: the config; restored_from: where this machine found a run that an archive already holds
+    kept = {key: value for key, value in record.items() if key not in ("path", "run_identity", "restored_from")}
     return {
         **without_local_paths({**kept, "data_meta": meta}),
         "command": record.get("command") or run_command(record),
