@@ -4,6 +4,8 @@ sweeps (or runs its co-localisation arms) and renders into results/evidence/<nam
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,14 @@ def test_the_runner_restores_then_trains_and_archives_what_finished_even_when_a_
     monkeypatch.setattr(evidence.subprocess, "run", lambda command, check: ran.append(command[2]))
     evidence.main(["table1_e_digit_grid_conv", "--runs", str(runs)])
     assert ran == ["stn.train", "stn.train", "stn.train", "stn.results"]  # both sweeps (the second only reports)
+
+
+def test_a_runner_stopped_by_sigterm_archives_what_finished(archives_here, monkeypatch):
+    def killed(command, check):  # kill, or a batch system's stop, while the first sweep trains
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(evidence.subprocess, "run", killed)
+    with pytest.raises(SystemExit):
+        evidence.main(["table1_e_digit_grid_conv", "--runs", str(archives_here / "runs")])
+    assert len(load_archive(evidence.archive_of("table1_e_digit_grid_conv"))) == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the runner's only while it runs

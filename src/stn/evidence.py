@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,10 @@ def finished(command: list[str]) -> bool:
     return (Path(folder) / "colocalisation.csv").is_file()
 
 
+def stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m stn.evidence", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     jobs = job_configs(args.name, args.runs) if archiving else []
     restore_archived(args.name, jobs)
     *steps, render = commands(args.name, args.runs)
+    # stopped by SIGTERM (kill, a batch system; a background job ignores SIGINT): exit through the finally below
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         for command in steps:
             if finished(command):
@@ -173,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             if not args.dry_run:
                 subprocess.run(command, check=True)
     finally:  # once all sweeps ran (a changed archive file would mark later runs' checkout dirty), or interrupted
+        signal.signal(signal.SIGTERM, previous)
         archive_finished(args.name, jobs, args.runs)
     print(shlex.join(render), flush=True)
     if not args.dry_run:
