@@ -185,3 +185,14 @@ def test_a_runner_stopped_by_sigterm_archives_what_finished(archives_here, monke
         evidence.main(["table1_e_digit_grid_conv", "--runs", str(archives_here / "runs")])
     assert len(load_archive(evidence.archive_of("table1_e_digit_grid_conv"))) == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the runner's only while it runs
+
+
+def test_a_sweep_s_jobs_include_its_experiment_s_own_grid(tmp_path):
+    # experiment=addition sets data=mnist_addition in hydra.sweeper.params, not in the composed config
+    folders = [
+        Path(cfg.run_dir).relative_to(tmp_path).as_posix() for cfg in evidence.job_configs("addition_budget", tmp_path)
+    ]
+    assert folders[:3] == [
+        f"addition/fast-cpu_add/mnist_addition/{m}/seed0" for m in ("fcn", "st_fcn_aff", "2st_fcn_aff")
+    ]
+    assert len(folders) == 9 and folders[-1] == "ev_add_budget/fast-quarter/mnist_addition/2st_fcn_aff/seed0"

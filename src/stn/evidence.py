@@ -105,13 +105,18 @@ def archive_of(name: str) -> Path:
 
 
 def job_configs(name: str, runs: Path) -> list[DictConfig]:
-    """The composed config of every job the comparison's sweeps train (comma lists expanded as Hydra's basic
-    sweeper expands them)."""
+    """The composed config of every job the comparison's sweeps train, expanded as Hydra's basic sweeper expands
+    them: the experiment's hydra.sweeper.params first, the sweep's own overrides after (a key given twice: the
+    last), comma lists into their product."""
     parser = OverridesParser.create()
     configs = []
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="evidence"):
         for sweep in commands(name, runs)[:-1]:
-            for batch in BasicSweeper.split_arguments(parser.parse_overrides(sweep[4:]), None):
+            overrides = sweep[4:]
+            fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+            params = compose(config_name="train", overrides=fixed, return_hydra_config=True).hydra.sweeper.params
+            grid = [f"{key}={value}" for key, value in (params or {}).items()] + overrides
+            for batch in BasicSweeper.split_arguments(parser.parse_overrides(grid), None):
                 configs += [compose(config_name="train", overrides=job) for job in batch]
     return configs
 
