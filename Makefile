@@ -238,7 +238,9 @@ ADD_TABLE_ARGS_cpu := --note "This is make reproduce-addition RECIPE=cpu: half t
   other work), and the 2xST-FCN TPS seed 2 (EXTRA='seed=2 model=2st_fcn_tps'), so their cells are means of 2 \
   (3) seeds. The loc-net choices behind the 2xST-FCN's gain: results/evidence/addition_loc_net.md. What each \
   transformer's window holds, and why the 2xST-FCN TPS fails on seeds 1 and 2 (its second transformer draws both \
-  digits at 0.2-0.3 of their size): results/addition_windows.md."
+  digits at 0.2-0.3 of their size): results/addition_windows.md. The gaps to the paper are the budget: at a quarter \
+  of the paper's samples FCN, ST-FCN Aff and 2xST-FCN Aff reach 36.99 / 20.29 / 8.25 (seed 0, 2 threads): \
+  results/evidence/addition_budget.md."
 ADD_WINDOWS_NOTE = Per transformer, per input channel (digit 1 / digit 2): the share of the digit's ink inside the \
   window and, in brackets, the zoom it is drawn at (1 = its own size; stn.analysis.windows). Command: make addition \
   RECIPE=$(RECIPE) (python -m stn.results windows).
