@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf
 
+import stn.sweep
 from stn.checkpoint import write_result
 from stn.figures import main as figures_main
 from stn.figures import table1_figure
@@ -250,6 +251,19 @@ def test_sweep_reports_progress_lists_failed_jobs_and_counts_resumed_runs(tmp_pa
     assert second.returncode == 0 and "sweep: 2 jobs, 1 already finished" in out and "generating" not in out
     assert "sweep: 1/2 done (1 finished, 0 failed), 1 remaining\n" in out  # no ETA: no job ran yet
     assert "sweep: 2/2 done (1 finished, 1 failed), 0 remaining" in out
+
+
+def test_a_sweep_prepares_the_data_of_the_jobs_still_to_run_only(tmp_path, monkeypatch):
+    # A finished job needs no data: rerunning a finished sweep (an evidence render) must not need MNIST.
+    names = ("done", "failed", "new")
+    jobs = [OmegaConf.create({"run_dir": str(tmp_path / name), "data": {"name": name}}) for name in names]
+    monkeypatch.setattr(stn.sweep, "job_configs", lambda config: jobs)
+    prepared = []
+    monkeypatch.setattr(stn.sweep, "prepare", lambda data: prepared.append(data.name))
+    write_result({"status": "finished"}, tmp_path / "done")
+    write_result({"status": "failed", "error": "ValueError: retried"}, tmp_path / "failed")
+    SweepCallback().on_multirun_start(OmegaConf.create({}))
+    assert prepared == ["failed", "new"]
 
 
 def test_sweep_progress_reports_a_damaged_result_as_a_failure(tmp_path):

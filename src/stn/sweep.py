@@ -69,7 +69,8 @@ class SweepCallback(Callback):
             self.run_dirs = [Path(job.run_dir).absolute() for job in jobs]
             finished, failed, _ = self.tally()
             log.info("sweep: %d jobs, %d already finished", len(jobs), len(finished))
-            prepare_data(jobs)
+            # only the jobs that will train need their data: a finished sweep reruns offline, without MNIST
+            prepare_data([job for job, run_dir in zip(jobs, self.run_dirs, strict=True) if run_dir not in finished])
         except Exception as error:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 traceback.print_exc()
