@@ -153,7 +153,8 @@ EVIDENCE_TABLE1 := table1_data_stream table1_fcn_length_width table1_pe_strength
   table1_momentum table1_paper_budget table1_paper_schedule_rts table1_cpu_bf16 \
   table1_loc_lr table1_st_width table1_st_learned table1_st_fcn_seeds \
   table1_locnet_probe table1_rts_placement table1_p_corner_reading table1_e_readings table1_locnet_probe_frame \
-  table1_e_digit_grid table1_e_digit_grid_conv table1_tc_seeds table1_tc_fixed table1_cnn_pooled
+  table1_e_digit_grid table1_e_digit_grid_conv table1_tc_seeds table1_tc_fixed table1_cnn_pooled \
+  table1_fc_loc_input
 evidence: $(STAMP)
 	$(PY) -m stn.evidence $(NAME) --runs $(RUNS)
 
