@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO_ROOT
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from stn.checkpoint import CHECKPOINT, RESULT, load_checkpoint, save_checkpoint
 from stn.results import (
     MISSING,
     Cell,
@@ -33,6 +36,7 @@ from stn.results import (
 from stn.results.cli import main
 from stn.results.recipes import recipe_of
 from stn.run_folder import record_failure, run_sweep_job
+from stn.train import train
 
 PAPER_CSV = REPO_ROOT / "results" / "paper" / "table1.csv"
 
@@ -330,3 +334,37 @@ def test_cells_off_the_paper_are_listed_with_what_explains_them(tmp_path):
     )
     assert "| CNN P | +0.50 | not explained yet |" in table
     assert "FCN R |" not in table.split("Cells more than 0.3 pp")[1].split("\n\n")[1]  # 0.1 pp off: not listed
+
+
+def test_a_run_that_has_not_finished_is_listed_with_its_progress_and_not_counted(tmp_path, data_store, mnist_raw_root):
+    """A long CPU run (the CNN on TC trains for hours) shows under the table while it trains or after it stopped:
+    its checkpoint says what it trains and how far it got; its cell stays empty and nothing of it is archived."""
+    runs, out, archive = tmp_path / "runs", tmp_path / "out", tmp_path / "table1_runs.jsonl"
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO_ROOT / "configs"), job_name="test"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "data=mnist_r", "model=fcn", "budget=smoke", f"paths.data_dir={data_store}",
+                f"paths.mnist_source={mnist_raw_root}", f"paths.runs_dir={runs}",
+            ],
+        )  # fmt: skip
+    train(cfg)
+    run_dir = Path(cfg.run_dir)
+    (run_dir / RESULT).unlink()  # stopped between its last checkpoint and its end
+    val_error = load_checkpoint(run_dir)["val_history"][-1][1]
+    line = (
+        f"- fcn on R seed {cfg.seed}: unfinished — checkpoint at iteration 20 of 20, "
+        f"validation error {val_error:.2f}%, 0.0 h of wall time so far; the same command resumes it"
+    )
+    for extra in ([], ["--archive", str(archive)]):
+        main(["table1", "--runs", str(runs), "--paper", str(PAPER_CSV), "--out", str(out), *extra])
+        table = (out / "table1.md").read_text()
+        assert f"Not counted (1 run):\n{line}\n" in table
+        assert "| FCN | — | —<br>paper 2.1 |" in table and "no finished runs" in table  # finished runs only count
+    assert archive.read_text() == ""
+
+    save_checkpoint({"iteration": 5, "model": {"w": torch.ones(2)}}, run_dir)
+    (run_dir / CHECKPOINT).write_bytes((run_dir / CHECKPOINT).read_bytes()[:-40])  # a damaged checkpoint is named
+    with pytest.raises(SystemExit) as exit_:
+        main(["table1", "--runs", str(runs), "--paper", str(PAPER_CSV), "--out", str(out)])
+    assert exit_.value.code == 2

@@ -109,7 +109,7 @@ def test_table_from_the_result_files(sweep, tmp_path):
     fcn_r = result(sweep, "mnist_r", "fcn")
     assert f"{fcn_r['test_error']:.2f} (n=1)<br>paper 2.1, Δ {fcn_r['test_error'] - 2.1:+.2f}" in markdown
     assert "20 iterations x 32 = 0.00M samples" in markdown and "fresh training distortions every epoch" in markdown
-    assert "Not counted (1 runs):\n- st_cnn_aff on RTS seed 0: failed — InstantiationException" in markdown
+    assert "Not counted (1 run):\n- st_cnn_aff on RTS seed 0: failed — InstantiationException" in markdown
     rows = (tmp_path / "table1.csv").read_text().splitlines()
     st_rts = next(row for row in rows if row.startswith("st_cnn_aff,RTS,"))
     assert st_rts == "st_cnn_aff,RTS,0.5,,,,,,,,,"  # the failed run leaves the cell empty

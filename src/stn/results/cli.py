@@ -63,6 +63,7 @@ from stn.results.tables import (
     load_explanations,
     load_paper_table,
     not_counted_lines,
+    runs_count,
     write_table,
 )
 
@@ -190,8 +191,9 @@ def run(args: argparse.Namespace) -> None:
         if args.source != "local":
             raise SystemExit("python -m stn.results: --archive keeps local runs (result.json files); drop --source")
         found = load_local_results(args.runs) if args.runs.is_dir() else []
-        records = update_archive(args.archive, found, args.runs)
-        print(f"{args.archive}: {len(records)} finished runs ({len(found)} read from {args.runs})")
+        archived = update_archive(args.archive, found, args.runs)
+        print(f"{args.archive}: {len(archived)} finished runs ({len(found)} read from {args.runs})")
+        records = [*archived, *(record for record in found if record["status"] != "finished")]  # listed, not counted
     table = build_table(records, columns, paper, args.recipe, args.missing, TABLES[args.command])
     table.note = args.note
     table.explanations = load_explanations(args.explain) if args.explain else {}
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
     if table.not_counted:
         print(
-            f"{len(table.not_counted)} runs not counted (failed or unfinished):",
+            f"{runs_count(len(table.not_counted))} not counted (failed or unfinished):",
             *not_counted_lines(table),
             sep="\n",
             file=sys.stderr,

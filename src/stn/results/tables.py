@@ -225,10 +225,14 @@ def caption(table: Table) -> str:
     return text
 
 
+def runs_count(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def not_counted_lines(table: Table) -> list[str]:
     return [
         f"- {r.get('model')} on {r.get('column')} seed {r.get('seed')}: {r.get('status')}"
-        + (f" — {' '.join(str(r['error']).split())}" if r.get("error") else "")  # one line per run
+        + "".join(f" — {' '.join(str(r[key]).split())}" for key in ("error", "progress") if r.get(key))  # one line
         for r in table.not_counted
     ]
 
@@ -349,7 +353,7 @@ def render_markdown(table: Table) -> str:
         lines += ["", table.note]
     lines += _per_cell_lines(table)
     if table.not_counted:
-        lines += ["", f"Not counted ({len(table.not_counted)} runs):", *not_counted_lines(table)]
+        lines += ["", f"Not counted ({runs_count(len(table.not_counted))}):", *not_counted_lines(table)]
     return "\n".join(lines) + "\n"
 
 
