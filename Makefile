@@ -14,10 +14,9 @@ STAMP := $(VENV)/.installed
 #          default without a GPU); the other cells show "not run" and the note under the table says where they are
 #   cpu-full: the fast recipe, 1 seed, every cell (the cpu cells first, then the CNN and ST-CNN rows), two 1-thread
 #          runs at a time on 2 cores; resumable (rerun the same command); results/table1_cpu_full.{md,csv,tex}. Its
-#          39 measured cells took 25.3 h of run time summed (the table's Cost line; FC cells 1.6 h, conv cells 23.7 h,
-#          mostly 1 thread beside another run); with CNN TC (~6 h at that layout, from CNN RTS's 3 h and TC's 2x the
-#          pixels) about 31 h, so ~16 h of wall time on 2 cores: beyond one night in fp32 (bf16 is not the default:
-#          results/evidence/table1_cpu_bf16.md)
+#          40 cells took 31.3 h of run time summed (the table's Cost line; FC cells 1.6 h, conv cells 29.7 h,
+#          mostly 1 thread beside another run; CNN TC alone 6.0 h), so ~16 h of wall time on 2 cores: beyond one
+#          night in fp32 (bf16 is not the default: results/evidence/table1_cpu_bf16.md)
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 RECIPE ?= $(if $(HAS_GPU),paper,cpu)
 RECIPE_ARGS_paper := optim=sgd_table1 budget=paper
